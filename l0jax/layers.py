@@ -1,0 +1,247 @@
+"""Flax Linen layers with hard-concrete L0 gates: thin shells over :mod:`l0jax.gates`.
+
+* :class:`L0Dense` gates its *input neurons*: one gate per row of the ``(in, out)``
+  kernel, so a closed gate removes an input neuron (and, in the previous layer, the
+  unit that feeds it). ``unstructured=True`` gates every weight instead.
+* :class:`L0Conv` gates its *output channels*: one gate per channel, the bias sharing
+  its channel's gate, so a closed channel outputs exact zeros in training and at test
+  time. ``unstructured=True`` gates every kernel weight (the bias is then ungated).
+
+Each layer owns a parameter ``log_alpha`` next to ``kernel`` and ``bias``. In training
+(``deterministic=False``) gate noise is drawn from the rng stream ``"gates"``, once
+per example (``sample_per_example=True``, the papers' choice) or once per batch; at
+test time (``deterministic=True``) the gate is :func:`l0jax.gates.deterministic_gate`
+with ``test_gate`` mode ``"median"`` or ``"eq13"`` and no rng is needed.
+
+:mod:`l0jax.density` reads these parameters back: it recognises a gated layer as a
+parameter dict holding ``kernel`` and ``log_alpha``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from l0jax import gates
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+PaddingLike = Union[str, Sequence[Tuple[int, int]]]
+
+__all__ = ["L0Dense", "L0Conv", "lecun_normal"]
+
+
+def lecun_normal(key, shape, dtype=jnp.float32) -> Array:
+  """Flax's default ``lecun_normal`` (truncated normal, variance ``1 / fan_in``).
+
+  Same numbers as ``nn.initializers.lecun_normal()``, drawn flat and reshaped:
+  XLA:CPU compiles an N-D random draw several times slower than a 1-D one, and that
+  compile dominated model initialisation. ``fan_in = prod(shape[:-1])``.
+  """
+  shape = tuple(shape)
+  fan_in = math.prod(shape[:-1])
+  # 0.879... is the std of a standard normal truncated to [-2, 2].
+  stddev = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+  flat = jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(shape),), dtype)
+  return (flat * stddev).astype(dtype).reshape(shape)
+
+
+class _GateMixin:
+  """Gate attributes and the one place where layers turn log_alpha into gates."""
+
+  def _gate_kwargs(self):
+    return dict(beta=self.beta, gamma=self.gamma, zeta=self.zeta,
+                clamp=self.log_alpha_clamp)
+
+  def _log_alpha(self, shape) -> Array:
+    if self.test_gate not in gates.TEST_GATE_MODES:
+      raise ValueError(f"test_gate must be one of {gates.TEST_GATE_MODES}, "
+                       f"got {self.test_gate!r}")
+    return self.param(
+        "log_alpha",
+        lambda key, s: gates.init_log_alpha(key, s, self.droprate_init,
+                                            self.param_dtype),
+        shape)
+
+  def _kernel_init(self) -> Initializer:
+    if not self.rescale_init:
+      return self.kernel_init
+    scale = 1.0 / (1.0 - self.droprate_init)
+    return lambda key, shape, dtype=jnp.float32: scale * self.kernel_init(
+        key, shape, dtype)
+
+  def _gates(self, log_alpha: Array, deterministic: bool, batch_shape) -> Array:
+    """Test-time gates, or samples of shape ``batch_shape + log_alpha.shape``."""
+    if deterministic:
+      return gates.deterministic_gate(log_alpha, self.test_gate,
+                                      **self._gate_kwargs())
+    shape = tuple(batch_shape) + log_alpha.shape
+    return gates.hard_concrete_sample(self.make_rng("gates"), log_alpha, shape,
+                                      **self._gate_kwargs())
+
+
+class L0Dense(_GateMixin, nn.Module):
+  """Dense layer with hard-concrete gates on its input neurons (or on every weight).
+
+  ``y = (x * z) @ kernel + bias`` with ``z`` of shape ``(in,)`` per batch or
+  ``(batch, in)`` per example; with ``unstructured=True``,
+  ``y = x @ (kernel * z) + bias`` with ``z`` of the kernel's shape (per example that
+  means one gated kernel per example: ``batch * in * out`` memory). The bias is not
+  gated.
+
+  Attributes:
+    features: number of output features.
+    use_bias: whether to add a bias.
+    droprate_init: initial drop probability of every gate, in (0, 1).
+    rescale_init: multiply the initial kernel by ``1 / (1 - droprate_init)``.
+    unstructured: one gate per weight instead of one per input neuron.
+    sample_per_example: draw gate noise per example (first axis of ``x``) instead of
+      once per batch. Ignored for 1-D inputs.
+    deterministic: use the test-time gate (no rng needed); may be passed to
+      ``__call__`` instead.
+    test_gate: test-time gate mode, ``"median"`` or ``"eq13"``.
+    beta, gamma, zeta: hard-concrete temperature and stretch.
+    log_alpha_clamp: optional ``(lo, hi)`` clamp of ``log_alpha`` (none by default).
+  """
+  features: int
+  use_bias: bool = True
+  droprate_init: float = 0.5
+  rescale_init: bool = False
+  unstructured: bool = False
+  sample_per_example: bool = True
+  deterministic: Optional[bool] = None
+  test_gate: str = "median"
+  beta: float = gates.BETA
+  gamma: float = gates.GAMMA
+  zeta: float = gates.ZETA
+  log_alpha_clamp: Optional[Tuple[float, float]] = None
+  kernel_init: Initializer = lecun_normal
+  bias_init: Initializer = nn.initializers.zeros_init()
+  param_dtype: Any = jnp.float32
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: Optional[bool] = None) -> Array:
+    deterministic = nn.merge_param("deterministic", self.deterministic,
+                                   deterministic)
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", self._kernel_init(),
+                        (in_features, self.features), self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    gate_shape = kernel.shape if self.unstructured else (in_features,)
+    log_alpha = self._log_alpha(gate_shape)
+    x, kernel, bias, log_alpha = nn.dtypes.promote_dtype(
+        x, kernel, bias, log_alpha, dtype=self.dtype)
+
+    per_example = self.sample_per_example and x.ndim > 1 and not deterministic
+    if self.unstructured:
+      if per_example:
+        z = self._gates(log_alpha, deterministic, x.shape[:1])
+        lead = x.reshape(x.shape[0], -1, in_features)
+        y = jnp.einsum("bti,bio->bto", lead, kernel * z)
+        y = y.reshape(x.shape[:-1] + (self.features,))
+      else:
+        y = x @ (kernel * self._gates(log_alpha, deterministic, ()))
+    else:
+      if per_example:
+        z = self._gates(log_alpha, deterministic, x.shape[:1])
+        z = z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (in_features,))
+        y = (x * z) @ kernel
+      else:
+        z = self._gates(log_alpha, deterministic, ())
+        y = x @ (kernel * z[:, None])
+    if bias is not None:
+      y = y + bias
+    return y
+
+
+class L0Conv(_GateMixin, nn.Module):
+  """Convolution (NHWC inputs, HWIO kernel) with gates on its output channels.
+
+  ``y = (conv(x, kernel) + bias) * z`` with ``z`` of shape ``(out,)`` per batch or
+  ``(batch, out)`` per example, so a closed channel's bias contributes nothing. With
+  ``unstructured=True``, ``y = conv(x, kernel * z) + bias`` with ``z`` of the kernel's
+  shape and an ungated bias (per-example gates then convolve each example with its
+  own kernel).
+
+  Attributes are those of :class:`L0Dense` plus ``kernel_size``, ``strides``,
+  ``padding`` (``"SAME"``, ``"VALID"`` or explicit pairs) and
+  ``kernel_dilation``.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Union[int, Sequence[int]] = 1
+  padding: PaddingLike = "SAME"
+  kernel_dilation: Union[int, Sequence[int]] = 1
+  use_bias: bool = True
+  droprate_init: float = 0.5
+  rescale_init: bool = False
+  unstructured: bool = False
+  sample_per_example: bool = True
+  deterministic: Optional[bool] = None
+  test_gate: str = "median"
+  beta: float = gates.BETA
+  gamma: float = gates.GAMMA
+  zeta: float = gates.ZETA
+  log_alpha_clamp: Optional[Tuple[float, float]] = None
+  kernel_init: Initializer = lecun_normal
+  bias_init: Initializer = nn.initializers.zeros_init()
+  param_dtype: Any = jnp.float32
+  dtype: Any = None
+
+  def _conv(self, x: Array, kernel: Array) -> Array:
+    spatial = len(self.kernel_size)
+    as_tuple = lambda v: (v,) * spatial if isinstance(v, int) else tuple(v)
+    letters = "DHW"[-spatial:]
+    dims = jax.lax.conv_dimension_numbers(
+        x.shape, kernel.shape,
+        ("N" + letters + "C", letters + "IO", "N" + letters + "C"))
+    padding = self.padding if isinstance(self.padding, str) else tuple(
+        tuple(p) for p in self.padding)
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=as_tuple(self.strides), padding=padding,
+        rhs_dilation=as_tuple(self.kernel_dilation), dimension_numbers=dims)
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: Optional[bool] = None) -> Array:
+    deterministic = nn.merge_param("deterministic", self.deterministic,
+                                   deterministic)
+    spatial = len(self.kernel_size)
+    if not 1 <= spatial <= 3:
+      raise ValueError(f"kernel_size must have 1 to 3 dims, got {self.kernel_size}")
+    if x.ndim != spatial + 2:
+      raise ValueError(f"L0Conv with kernel_size {tuple(self.kernel_size)} expects "
+                       f"inputs of rank {spatial + 2} (N, spatial..., C), got "
+                       f"shape {x.shape}")
+    kernel_shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
+    kernel = self.param("kernel", self._kernel_init(), kernel_shape,
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    gate_shape = kernel.shape if self.unstructured else (self.features,)
+    log_alpha = self._log_alpha(gate_shape)
+    x, kernel, bias, log_alpha = nn.dtypes.promote_dtype(
+        x, kernel, bias, log_alpha, dtype=self.dtype)
+
+    per_example = self.sample_per_example and not deterministic
+    if self.unstructured:
+      if per_example:
+        z = self._gates(log_alpha, deterministic, x.shape[:1])
+        y = jax.vmap(lambda xi, ki: self._conv(xi[None], ki)[0])(x, kernel * z)
+      else:
+        y = self._conv(x, kernel * self._gates(log_alpha, deterministic, ()))
+      return y + bias if bias is not None else y
+    y = self._conv(x, kernel)
+    if bias is not None:
+      y = y + bias
+    if per_example:
+      z = self._gates(log_alpha, deterministic, x.shape[:1])
+      z = z.reshape((x.shape[0],) + (1,) * spatial + (self.features,))
+    else:
+      z = self._gates(log_alpha, deterministic, ())
+    return y * z
