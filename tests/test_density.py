@@ -1,0 +1,137 @@
+"""density.py on hand-built params trees with hand-computed answers."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l0jax import density, gates
+from l0jax.layers import L0Conv, L0Dense
+
+BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
+
+
+def p_open(a):
+  """P(z != 0) by hand: sigmoid(a - beta * log(-gamma / zeta)), in float64."""
+  return 1.0 / (1.0 + math.exp(-(a - BETA * math.log(-GAMMA / ZETA))))
+
+
+def median_gate(a):
+  s = 1.0 / (1.0 + math.exp(-a / BETA))
+  return min(max(s * (ZETA - GAMMA) + GAMMA, 0.0), 1.0)
+
+
+def hand_params():
+  """Three gated layers nested at different depths, one ungated dense layer."""
+  return {
+      "encoder": {
+          "block_10": {  # dense 3 -> 2, input gates (naturally sorted after block_2)
+              "kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2),
+              "log_alpha": jnp.array([2.0, -1.0, -8.0])},
+          "block_2": {  # conv 2x2, 1 -> 2 channels, channel gates, with bias
+              "kernel": jnp.ones((2, 2, 1, 2)), "bias": jnp.zeros(2),
+              "log_alpha": jnp.array([0.5, -9.0])},
+      },
+      "head": {  # unstructured 2 x 2
+          "kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2),
+          "log_alpha": jnp.array([[3.0, -3.0], [0.0, -20.0]])},
+      "plain": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)},
+  }
+
+
+def test_gated_layers_structure_and_order():
+  layers = density.gated_layers(hand_params())
+  assert list(layers) == ["encoder/block_2", "encoder/block_10", "head"]
+  conv, dense, head = layers.values()
+  assert (conv.kind, conv.group_size, conv.num_sparsifiable) == (
+      density.CONV_CHANNELS, 2 * 2 * 1 + 1, 10)
+  assert (dense.kind, dense.group_size, dense.num_sparsifiable) == (
+      density.DENSE_INPUTS, 2, 6)
+  assert (head.kind, head.group_size, head.num_sparsifiable) == (
+      density.UNSTRUCTURED, 1, 4)
+
+
+def test_hand_computed_densities():
+  report = density.density_report(hand_params())
+  conv = (p_open(0.5) * 5 + p_open(-9.0) * 5) / 10
+  dense = (p_open(2.0) + p_open(-1.0) + p_open(-8.0)) * 2 / 6
+  head = sum(p_open(a) for a in (3.0, -3.0, 0.0, -20.0)) / 4
+  np.testing.assert_allclose(report.expected["encoder/block_2"], conv, rtol=1e-6)
+  np.testing.assert_allclose(report.expected["encoder/block_10"], dense, rtol=1e-6)
+  np.testing.assert_allclose(report.expected["head"], head, rtol=1e-6)
+  model = (conv * 10 + dense * 6 + head * 4) / 20
+  np.testing.assert_allclose(report.model_expected, model, rtol=1e-6)
+  np.testing.assert_allclose(density.expected_density(hand_params()), model,
+                             rtol=1e-6)
+
+  # Test time (median gate): open = gate > 0.
+  opens = {"encoder/block_2": [0.5, -9.0], "encoder/block_10": [2.0, -1.0, -8.0],
+           "head": [3.0, -3.0, 0.0, -20.0]}
+  kept = {k: sum(median_gate(a) > 0 for a in v) for k, v in opens.items()}
+  assert {k: int(v) for k, v in report.kept_units.items()} == kept
+  assert report.total_units == {"encoder/block_2": 2, "encoder/block_10": 3,
+                                "head": 4}
+  tt = {"encoder/block_2": kept["encoder/block_2"] * 5 / 10,
+        "encoder/block_10": kept["encoder/block_10"] * 2 / 6,
+        "head": kept["head"] / 4}
+  for k, v in tt.items():
+    np.testing.assert_allclose(report.test_time[k], v, rtol=1e-6)
+  np.testing.assert_allclose(report.model_test_time,
+                             (tt["encoder/block_2"] * 10 + tt["encoder/block_10"] * 6
+                              + tt["head"] * 4) / 20, rtol=1e-6)
+
+
+def test_eq13_and_median_can_disagree_on_kept_units():
+  # sigmoid(a) * 1.2 - 0.1 > 0  <=>  a > logit(1/12) ~ -2.398; median: a/beta > -2.398.
+  params = {"l": {"kernel": jnp.ones((2, 1)), "log_alpha": jnp.array([-2.0, -1.0])}}
+  assert int(density.density_report(params, "eq13").kept_units["l"]) == 2
+  assert int(density.density_report(params, "median").kept_units["l"]) == 1
+
+
+def test_conv_without_bias_group_size():
+  params = {"c": {"kernel": jnp.ones((3, 3, 4, 5)), "log_alpha": jnp.zeros(5)}}
+  layer = density.gated_layers(params)["c"]
+  assert layer.group_size == 36 and layer.num_sparsifiable == 180
+
+
+def test_unrecognised_layout_and_no_gates_raise():
+  bad = {"l": {"kernel": jnp.ones((3, 2)), "log_alpha": jnp.zeros(2)}}
+  with pytest.raises(ValueError, match="matches no gate layout"):
+    density.gated_layers(bad)
+  with pytest.raises(ValueError, match="no gated layer"):
+    density.expected_density({"l": {"kernel": jnp.ones((2, 2))}})
+
+
+def test_works_under_jit_and_with_flax_variables():
+  x = jnp.ones((2, 6, 6, 1))
+  conv = L0Conv(3, (3, 3))
+  variables = conv.init({"params": jax.random.key(0), "gates": jax.random.key(1)}, x,
+                        deterministic=False)
+  eager = density.expected_density(variables["params"])
+  jitted = jax.jit(density.expected_density)(variables["params"])
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+  np.testing.assert_allclose(density.expected_density(variables), eager, rtol=1e-6)
+  report = jax.jit(density.density_report, static_argnums=1)(variables, "median")
+  assert report.num_sparsifiable == {"params": 3 * (9 + 1)}
+
+
+def test_mixed_structured_and_unstructured_model_from_layers():
+  """Real layers, structured and unstructured, give the formula's numbers."""
+  x = jnp.ones((2, 5))
+  variables = {}
+  for name, layer in {"a": L0Dense(4), "b": L0Dense(3, unstructured=True)}.items():
+    variables[name] = layer.init({"params": jax.random.key(1)}, x,
+                                 deterministic=True)["params"]
+  a, b = variables["a"]["log_alpha"], variables["b"]["log_alpha"]
+  pa = np.asarray(gates.prob_nonzero(a), np.float64)
+  pb = np.asarray(gates.prob_nonzero(b), np.float64)
+  want = (pa.sum() * 4 + pb.sum()) / (5 * 4 + 5 * 3)
+  np.testing.assert_allclose(density.expected_density(variables), want, rtol=1e-6)
+
+
+def test_gradient_flows_to_log_alpha_only():
+  grads = jax.grad(density.expected_density)(hand_params())
+  assert np.any(grads["head"]["log_alpha"] != 0)
+  assert np.all(grads["head"]["kernel"] == 0)
