@@ -1,0 +1,705 @@
+"""The trainer's library half: config checks, TrainState, the per-device step, the loop.
+
+``train.py`` / ``eval.py`` are thin absl mains over :func:`train_and_evaluate` and
+:func:`evaluate_checkpoint`.
+
+One per-device step body (:func:`train_step_body`) runs under ``jax.pmap`` (default) or
+``jax.jit(jax.shard_map(...))`` (``config.parallel = "shard_map"``). Inside it:
+
+* gate noise is a function of the *global example index*: example ``i`` of the global
+  batch draws its gates from ``fold_in(fold_in(rng, step), i)``, so every device (and
+  every example) gets its own noise, and the result does not depend on how the global
+  batch is split over devices or hosts. With ``sample_per_example=False`` each device
+  draws one sample from ``fold_in(fold_in(rng, step), device_index)``.
+* gradients, loss and metrics are averaged over devices with ``pmean``;
+* the constraint (expected density) is computed from the gate parameters, identical on
+  every device;
+* primal descent (optax) and projected dual ascent (``l0jax.constrained``) happen in the
+  same jitted step; the state buffers are donated.
+
+All per-device arrays carry a leading device axis, sharded over a 1-D mesh named
+``"batch"`` that spans every device of every process.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from l0jax import constrained, density, input_pipeline
+from l0jax.models import MLP, LeNet5Caffe
+
+AXIS = "batch"
+MODELS = ("mlp", "lenet5")
+METHODS = ("constrained", "penalized")
+CONSTRAINTS = ("model", "layerwise")
+OPTIMIZERS = ("adam", "sgd", "momentum")
+DUAL_OPTIMIZERS = ("sgd", "nupi")
+PARALLEL = ("pmap", "shard_map")
+FORMULATIONS = ("lagrangian", "augmented_lagrangian")
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message is one line naming the field."""
+
+
+class TrainState(NamedTuple):
+  """Everything a run needs to continue: a pytree that orbax checkpoints as is."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  constrained: constrained.ConstrainedState
+  rng: jax.Array  # raw uint32 key data, so checkpoints need no key-type support
+
+
+# ======================================================================================
+# Config
+# ======================================================================================
+def _fail(field: str, value, allowed: str):
+  raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def _choice(config, field: str, allowed: Sequence[str]):
+  value = config[field]
+  if value not in allowed:
+    _fail(field, value, f"allowed values are {', '.join(map(repr, allowed))}")
+
+
+def build_model(config):
+  """The Flax model of ``config`` (gated or plain)."""
+  common = dict(gated=config.gated, unstructured=config.unstructured,
+                sample_per_example=config.sample_per_example,
+                test_gate=config.test_gate, rescale_init=config.rescale_init)
+  if config.model == "mlp":
+    return MLP(features=tuple(config.mlp_features),
+               num_classes=input_pipeline.NUM_CLASSES, **common)
+  return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
+                     dense_features=config.lenet_dense_features,
+                     num_classes=input_pipeline.NUM_CLASSES, **common)
+
+
+def abstract_params(config):
+  """Parameter shapes of the config's model, without computing anything."""
+  model = build_model(config)
+  x = jax.ShapeDtypeStruct((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
+  rngs = {"params": jax.random.key(0), "gates": jax.random.key(0)}
+  return jax.eval_shape(lambda x: model.init(rngs, x)["params"], x)
+
+
+def targets(config, num_layers: int) -> tuple:
+  """The constraint targets of ``config`` (one per constraint)."""
+  if config.constraint == "model":
+    return (float(config.target_density),)
+  if config.layer_targets:
+    return tuple(float(t) for t in config.layer_targets)
+  return (float(config.target_density),) * num_layers
+
+
+def validate_config(config, device_count: Optional[int] = None) -> None:
+  """Checks every field before anything is compiled; raises ConfigError (one line)."""
+  _choice(config, "dataset", input_pipeline.DATASETS)
+  _choice(config, "model", MODELS)
+  _choice(config, "method", METHODS)
+  _choice(config, "constraint", CONSTRAINTS)
+  _choice(config, "formulation", FORMULATIONS)
+  _choice(config, "scheme", constrained.SCHEMES)
+  _choice(config, "test_gate", ("median", "eq13"))
+  _choice(config, "optimizer", OPTIMIZERS)
+  _choice(config, "gate_optimizer", OPTIMIZERS)
+  _choice(config, "dual_optimizer", DUAL_OPTIMIZERS)
+  _choice(config, "parallel", PARALLEL)
+  for field in ("learning_rate", "gate_learning_rate", "dual_learning_rate", "momentum",
+                "penalty", "nupi_kp"):
+    value = config[field]
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+      _fail(field, value, "must be a finite number >= 0")
+  if config.formulation == "augmented_lagrangian" and not config.penalty_coefficient > 0:
+    _fail("penalty_coefficient", config.penalty_coefficient,
+          "must be > 0 with formulation='augmented_lagrangian'")
+  for field in ("batch_size", "log_every_steps", "keep_checkpoints",
+                "checkpoint_every_steps"):
+    if not isinstance(config[field], int) or config[field] < 1:
+      _fail(field, config[field], "must be an integer >= 1")
+  if not isinstance(config.num_epochs, int) or (
+      config.num_epochs < 1 and config.num_train_steps <= 0):
+    _fail("num_epochs", config.num_epochs,
+          "must be an integer >= 1 (or set num_train_steps > 0)")
+  t = config.target_density
+  if not isinstance(t, (int, float)) or not 0 < t <= 1:
+    _fail("target_density", t, "must be in (0, 1]")
+  layer_targets = tuple(config.layer_targets or ())
+  if layer_targets:
+    if config.constraint != "layerwise":
+      _fail("layer_targets", layer_targets, "needs constraint='layerwise'")
+    for v in layer_targets:
+      if not isinstance(v, (int, float)) or not 0 < v <= 1:
+        _fail("layer_targets", layer_targets, "every target must be in (0, 1]")
+    num_layers = len(density.gated_layers(abstract_params(config))) if config.gated else 0
+    if len(layer_targets) != num_layers:
+      _fail("layer_targets", layer_targets,
+            f"needs one target per gated layer ({num_layers} for "
+            f"model={config.model!r}), or () to use target_density for every layer")
+  devices = jax.device_count() if device_count is None else device_count
+  if config.batch_size % devices:
+    _fail("batch_size", config.batch_size,
+          f"must be divisible by the device count ({devices})")
+
+
+# ======================================================================================
+# Optimisers, problem, state
+# ======================================================================================
+def _optax(name: str, learning_rate: float, momentum: float):
+  if name == "adam":
+    return optax.adam(learning_rate)
+  return optax.sgd(learning_rate, momentum=momentum if name == "momentum" else None)
+
+
+def make_primal_optimizer(config) -> optax.GradientTransformation:
+  """Separate optimisers for weights and gate parameters (``log_alpha``)."""
+  return constrained.primal_optimizer(
+      _optax(config.optimizer, config.learning_rate, config.momentum),
+      _optax(config.gate_optimizer, config.gate_learning_rate, config.momentum))
+
+
+def make_problem(config, num_layers: int):
+  """The ``constrained.Problem`` (no constraints for a dense, ungated model)."""
+  if not config.gated:
+    return constrained.Problem(targets=())
+  if config.method == "penalized":
+    n = 1 if config.constraint == "model" else num_layers
+    return constrained.Problem(targets=(0.0,) * n, formulation="penalized")
+  return constrained.Problem(
+      targets=targets(config, num_layers), formulation=config.formulation,
+      penalty_coefficient=(config.penalty_coefficient
+                           if config.formulation == "augmented_lagrangian" else None))
+
+
+def make_dual_optimizer(config, problem):
+  if problem.formulation == "penalized":
+    return constrained.dual_optimizer(problem)
+  inner = (constrained.nupi(config.dual_learning_rate, kp=config.nupi_kp)
+           if config.dual_optimizer == "nupi" else optax.sgd(config.dual_learning_rate))
+  return constrained.dual_optimizer(problem, inner, restarts=config.dual_restarts)
+
+
+def constraint_fn(config) -> Callable:
+  """params -> vector of constraint values (model-wise or per-layer expected density)."""
+  if not config.gated:
+    return lambda params: jnp.zeros((0,), jnp.float32)
+  if config.constraint == "model":
+    return lambda params: density.expected_density(params)[None]
+  return lambda params: jnp.stack(
+      list(density.layer_expected_densities(params).values()))
+
+
+class Task(NamedTuple):
+  """The static pieces a run is made of."""
+  model: Any
+  problem: constrained.Problem
+  primal_tx: optax.GradientTransformation
+  dual_tx: Any
+  constraints: Callable
+  layer_names: tuple
+
+
+def make_task(config) -> Task:
+  model = build_model(config)
+  names = tuple(density.gated_layers(abstract_params(config))) if config.gated else ()
+  problem = make_problem(config, len(names))
+  return Task(model, problem, make_primal_optimizer(config),
+              make_dual_optimizer(config, problem), constraint_fn(config), names)
+
+
+def init_state(config, task: Task) -> TrainState:
+  """A fresh (unreplicated) TrainState from ``config.seed``."""
+  key = jax.random.key(config.seed)
+  init_key, gate_key, rng = jax.random.split(key, 3)
+  x = jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
+  params = jax.jit(lambda x: task.model.init(
+      {"params": init_key, "gates": gate_key}, x)["params"])(x)
+  init_multipliers = None
+  if task.problem.formulation == "penalized":
+    init_multipliers = jnp.full((task.problem.num_constraints,), config.penalty)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=task.primal_tx.init(params),
+      constrained=constrained.init(task.problem, task.dual_tx, init_multipliers),
+      rng=jax.random.key_data(rng))
+
+
+# ======================================================================================
+# The per-device step
+# ======================================================================================
+def cross_entropy(logits, labels, mask=None):
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if mask is None:
+    return jnp.mean(losses)
+  return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _forward_train(model, params, images, step_key, config, example_offset):
+  """Training forward pass with topology-independent gate noise (see module doc)."""
+  if config.gated and config.sample_per_example:
+    index = example_offset + jnp.arange(images.shape[0])
+    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
+    apply_one = lambda x, k: model.apply({"params": params}, x[None],
+                                         rngs={"gates": k})[0]
+    return jax.vmap(apply_one)(images, keys)
+  device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
+  return model.apply({"params": params}, images, rngs={"gates": device_key})
+
+
+def train_step_body(state: TrainState, batch, *, config, task: Task):
+  """One training step on one device's share of the global batch (no leading axis)."""
+  rng = jax.random.wrap_key_data(state.rng)
+  step_key = jax.random.fold_in(rng, state.step)
+  per_device = batch["label"].shape[0]
+  example_offset = jax.lax.axis_index(AXIS) * per_device
+
+  def fn(params):
+    logits = _forward_train(task.model, params, batch["image"], step_key, config,
+                            example_offset)
+    loss = cross_entropy(logits, batch["label"])
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return loss, task.constraints(params), {"accuracy": accuracy}
+
+  update = constrained.make_update(
+      task.problem, task.primal_tx, task.dual_tx, config.scheme,
+      grad_reduce=lambda tree: jax.lax.pmean(tree, AXIS))
+  params, opt_state, cstate, m = update(fn, state.params, state.opt_state,
+                                        state.constrained)
+  metrics = {
+      "loss": m["objective"],
+      "accuracy": jax.lax.pmean(m["aux"]["accuracy"], AXIS),
+      "lagrangian": m["lagrangian"],
+      "constraint_values": m["constraint_values"],
+      "multipliers": cstate.multipliers,
+  }
+  if config.gated:
+    metrics["expected_density"] = density.expected_density(params)
+    metrics["layer_densities"] = jnp.stack(
+        list(density.layer_expected_densities(params).values()))
+  new_state = TrainState(state.step + 1, params, opt_state, cstate, state.rng)
+  return new_state, metrics
+
+
+def eval_step_body(params, batch, *, config, task: Task):
+  """Sums of correct predictions, loss and examples with test-time gates (psum'd)."""
+  logits = task.model.apply({"params": params}, batch["image"], deterministic=True)
+  mask = batch["mask"]
+  correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask)
+  loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+      logits, batch["label"]) * mask)
+  return jax.lax.psum({"correct": correct, "loss": loss, "count": jnp.sum(mask)}, AXIS)
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named "batch" over ``devices`` (default: every device of every process)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
+
+
+def local_device_count(mesh: Mesh) -> int:
+  """Devices of ``mesh`` that belong to this process."""
+  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def parallelize(body: Callable, config, mesh: Mesh, donate: bool) -> Callable:
+  """Runs a per-device ``body(*args)`` over the leading device axis of every argument.
+
+  ``pmap`` maps it directly; ``shard_map`` gives each device a block of size 1 along the
+  leading axis, which is squeezed before and restored after the body.
+  """
+  donate_argnums = (0,) if donate else ()
+  if config.parallel == "pmap":
+    return jax.pmap(body, axis_name=AXIS, donate_argnums=donate_argnums,
+                    devices=list(mesh.devices.flat))
+
+  def blockwise(*args):
+    squeezed = jax.tree.map(lambda x: x[0], args)
+    return jax.tree.map(lambda x: x[None], body(*squeezed))
+
+  spec = P(AXIS)
+  mapped = jax.shard_map(blockwise, mesh=mesh, in_specs=spec, out_specs=spec,
+                         check_vma=False)
+  return jax.jit(mapped, donate_argnums=donate_argnums)
+
+
+def replicate(tree, mesh: Mesh):
+  """Copies of a host pytree on every device, stacked along a leading device axis."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  n_local, n_global = local_device_count(mesh), mesh.size
+
+  def put(x):
+    x = np.asarray(x)
+    local = np.broadcast_to(x, (n_local,) + x.shape)
+    return jax.make_array_from_process_local_data(sharding, local,
+                                                  (n_global,) + x.shape)
+  return jax.tree.map(put, tree)
+
+
+def shard_batch(batch: Dict[str, np.ndarray], mesh: Mesh):
+  """This process's [local_devices, b, ...] batch -> a global [devices, b, ...] array."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return {k: jax.make_array_from_process_local_data(
+      sharding, v, (mesh.size,) + v.shape[1:]) for k, v in batch.items()}
+
+
+def unreplicate(tree):
+  """Device 0's copy (of this process) as host numpy arrays."""
+  def first(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = x.addressable_shards[0].data
+    return np.asarray(x)[0]
+  return jax.tree.map(first, tree)
+
+
+def make_train_step(config, task: Task, mesh: Mesh) -> Callable:
+  body = functools.partial(train_step_body, config=config, task=task)
+  return parallelize(body, config, mesh, donate=True)
+
+
+def make_eval_step(config, task: Task, mesh: Mesh) -> Callable:
+  body = functools.partial(eval_step_body, config=config, task=task)
+  return parallelize(body, config, mesh, donate=False)
+
+
+# ======================================================================================
+# Data
+# ======================================================================================
+def data_dir(config) -> str:
+  return os.path.expanduser(config.data_dir or os.environ.get(
+      "TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def load_source(config, split: str):
+  return input_pipeline.load_split(config.dataset, split, data_dir=data_dir(config),
+                                   idx_dir=config.idx_dir or None)
+
+
+def num_train_steps(config, num_examples: int) -> int:
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(config.num_epochs * (num_examples // config.batch_size))
+
+
+def evaluate(params_replicated, eval_step, source, config, mesh) -> Dict[str, float]:
+  """Test error and loss over every example of ``source`` exactly once."""
+  totals = None
+  for batch in input_pipeline.eval_iterator(
+      source, global_batch_size=config.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      local_device_count=local_device_count(mesh)):
+    out = eval_step(params_replicated, shard_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = unreplicate(totals)
+  count = float(totals["count"])
+  return {"test_error": 1.0 - float(totals["correct"]) / count,
+          "test_loss": float(totals["loss"]) / count, "test_examples": int(count)}
+
+
+# ======================================================================================
+# Checkpoints
+# ======================================================================================
+def checkpoint_manager(workdir: str, config):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                         create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _flat_shapes(tree) -> Dict[str, tuple]:
+  """'a/b/0/c' -> shape, for trees of arrays or orbax metadata (NamedTuples saved as dicts)."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _shape_mismatches(saved, expected) -> List[str]:
+  saved_flat, out = _flat_shapes(saved), []
+  for key, shape in _flat_shapes(expected).items():
+    if key not in saved_flat:
+      out.append(f"{key} missing in checkpoint")
+    elif saved_flat[key] != shape:
+      out.append(f"{key}: checkpoint {saved_flat[key]} vs model {shape}")
+  out += [f"{key} in checkpoint but not in model"
+          for key in saved_flat.keys() - _flat_shapes(expected).keys()]
+  return out
+
+
+def restore_latest(manager, template: TrainState):
+  """The latest checkpoint as a TrainState shaped like ``template``, or None.
+
+  Raises ValueError (never starts over) when the checkpoint's shapes differ from the
+  config's model.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  step = manager.latest_step()
+  if step is None:
+    return None
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                          _drop_empty(template))
+  metadata = manager.item_metadata(step)
+  saved = getattr(metadata, "tree", metadata)
+  problems = _shape_mismatches(saved, abstract) if saved is not None else []
+  if problems:
+    raise ValueError(
+        f"checkpoint step {step} in {manager.directory} was written for a different "
+        f"model or formulation ({len(problems)} mismatches, first: {problems[0]}); "
+        "use another --workdir or the config that wrote it")
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:
+    raise ValueError(
+        f"cannot restore checkpoint step {step} from {manager.directory} into the "
+        f"config's model: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+  restored = TrainState(*restored)
+  # Put the zero-size leaves that were not saved back from the template.
+  leaves = iter(jax.tree.leaves(restored))
+  return jax.tree.map(lambda t: t if np.size(t) == 0 else next(leaves), template)
+
+
+# ======================================================================================
+# Logging
+# ======================================================================================
+class MetricsLog:
+  """``metrics.jsonl`` (one JSON object a line) plus optional TensorBoard scalars.
+
+  Only process 0 writes. On resume, records after the restored step (written by a run
+  that died before its next checkpoint) are dropped so the file matches an
+  uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, resume_step: int, tensorboard: bool):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.writer = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if line.strip()
+                and json.loads(line)["step"] <= resume_step]
+    with open(self.path, "w") as f:
+      f.writelines(kept)
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        self.writer = None
+
+  def write(self, record: Dict[str, Any]):
+    if not self.active:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self.writer is not None:
+      for key, value in record.items():
+        if isinstance(value, (int, float)) and key != "step":
+          self.writer.add_scalar(key, value, record["step"])
+        elif isinstance(value, dict):
+          for sub, v in value.items():
+            self.writer.add_scalar(f"{key}/{sub}", v, record["step"])
+        elif isinstance(value, list):
+          for i, v in enumerate(value):
+            self.writer.add_scalar(f"{key}/{i}", v, record["step"])
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
+def read_metrics(workdir: str) -> List[Dict[str, Any]]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _host_metrics(metrics, task: Task, step: int, config) -> Dict[str, Any]:
+  m = unreplicate(metrics)
+  record = {"step": step, "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
+            "lagrangian": float(m["lagrangian"]),
+            "multipliers": [float(v) for v in m["multipliers"]],
+            "constraint_values": [float(v) for v in m["constraint_values"]]}
+  if config.gated:
+    record["expected_density"] = float(m["expected_density"])
+    record["layer_densities"] = dict(zip(task.layer_names,
+                                         map(float, m["layer_densities"])))
+  return record
+
+
+# ======================================================================================
+# Reports
+# ======================================================================================
+def gate_report(params, config) -> Dict[str, Any]:
+  """Densities, kept units and parameter counts of (host) params at test time."""
+  leaves = jax.tree.leaves(params)
+  log_alpha_count = sum(l.size for p, l in jax.tree_util.tree_flatten_with_path(params)[0]
+                        if getattr(p[-1], "key", None) == "log_alpha")
+  n_dense = int(sum(l.size for l in leaves) - log_alpha_count)
+  if not config.gated:
+    return {"n_params_dense": n_dense, "n_params_kept": n_dense}
+  report = density.density_report(params, config.test_gate)
+  closed = sum(n * (1.0 - float(report.test_time[k]))
+               for k, n in report.num_sparsifiable.items())
+  return {
+      "expected_density": float(report.model_expected),
+      "test_time_density": float(report.model_test_time),
+      "layer_expected_densities": {k: float(v) for k, v in report.expected.items()},
+      "layer_test_time_densities": {k: float(v) for k, v in report.test_time.items()},
+      "kept_units": {k: int(v) for k, v in report.kept_units.items()},
+      "total_units": dict(report.total_units),
+      "n_params_dense": n_dense,
+      "n_params_kept": int(round(n_dense - closed)),
+  }
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+  lines = ["", "  result              value", "  ------------------  ------------------"]
+  lines.append(f"  test error          {100 * summary['test_error']:.2f}%")
+  if "expected_density" in summary:
+    lines.append(f"  expected density    {100 * summary['expected_density']:.2f}%")
+    lines.append(f"  test-time density   {100 * summary['test_time_density']:.2f}%")
+    lines.append(f"  params kept         {summary['n_params_kept']} / "
+                 f"{summary['n_params_dense']}")
+    lines.append("  kept units          " + ", ".join(
+        f"{k}: {summary['kept_units'][k]}/{summary['total_units'][k]}"
+        for k in summary["kept_units"]))
+  return "\n".join(lines)
+
+
+# ======================================================================================
+# The loop
+# ======================================================================================
+def _progress(total: int, initial: int, enabled: bool):
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
+              file=sys.stderr, desc="train")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices=None) -> Dict[str, Any]:
+  """Trains (resuming from ``workdir``'s latest checkpoint) and returns the final summary.
+
+  ``devices`` (default: all) are the devices the step runs on.
+  """
+  mesh = make_mesh(devices)
+  validate_config(config, mesh.size)
+  task = make_task(config)
+  workdir = os.path.abspath(workdir)
+
+  train_source = load_source(config, config.train_split)
+  eval_source = load_source(config, config.eval_split)
+  total_steps = num_train_steps(config, len(train_source))
+  steps_per_epoch = len(train_source) // config.batch_size
+  eval_every = (steps_per_epoch if config.eval_every_steps < 0
+                else config.eval_every_steps)
+
+  host_state = init_state(config, task)
+  manager = checkpoint_manager(workdir, config)
+  restored = restore_latest(manager, host_state)
+  if restored is not None:
+    host_state = restored
+  start_step = int(host_state.step)
+  state = replicate(host_state, mesh)
+
+  train_step = make_train_step(config, task, mesh)
+  eval_step = make_eval_step(config, task, mesh)
+  batches = input_pipeline.train_iterator(
+      train_source, global_batch_size=config.batch_size, seed=config.seed,
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count(), local_device_count=local_device_count(mesh))
+  log = MetricsLog(workdir, start_step, config.tensorboard)
+  is_main = jax.process_index() == 0
+  bar = _progress(total_steps, start_step, config.progress_bar and is_main)
+  last_log_time, last_log_step = time.perf_counter(), start_step
+
+  step = start_step
+  while step < total_steps:
+    state, metrics = train_step(state, shard_batch(next(batches), mesh))
+    step += 1
+    bar.update(1)
+    if step % config.log_every_steps == 0 or step == total_steps:
+      record = _host_metrics(metrics, task, step, config)
+      now = time.perf_counter()
+      record["examples_per_sec"] = ((step - last_log_step) * config.batch_size
+                                    / max(now - last_log_time, 1e-9))
+      last_log_time, last_log_step = now, step
+      log.write(record)
+      postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['accuracy']:.3f}"}
+      if config.gated:
+        postfix["density"] = f"{record['expected_density']:.3f}"
+        postfix["lambda"] = f"{max(record['multipliers'] or [0.0]):.3g}"
+      bar.set_postfix(postfix, refresh=False)
+    if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
+      result = evaluate(state.params, eval_step, eval_source, config, mesh)
+      report = gate_report(unreplicate(state.params), config)
+      log.write({"step": step, "eval": True, **result,
+                 **{k: report[k] for k in ("expected_density", "test_time_density")
+                    if k in report}})
+    if step % config.checkpoint_every_steps == 0 or step == total_steps:
+      manager.save(step, args=_save_args(unreplicate(state)))
+  manager.wait_until_finished()
+  bar.close()
+  log.close()
+
+  final_params = unreplicate(state.params)
+  summary = {"step": step, **evaluate(state.params, eval_step, eval_source, config, mesh),
+             **gate_report(final_params, config),
+             "multipliers": [float(v) for v in unreplicate(state.constrained.multipliers)]}
+  if is_main:
+    print(format_summary(summary), flush=True)
+  return summary
+
+
+def _drop_empty(tree):
+  """Zero-size arrays (a dense baseline has no multipliers) -> None: orbax cannot save them."""
+  return jax.tree.map(lambda x: None if np.size(x) == 0 else x, tree)
+
+
+def _save_args(host_state: TrainState):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.args.StandardSave(_drop_empty(host_state))
+
+
+def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
+  """Restores the latest checkpoint of ``workdir`` and evaluates it on the eval split."""
+  mesh = make_mesh(devices)
+  validate_config(config, mesh.size)
+  task = make_task(config)
+  manager = checkpoint_manager(workdir, config)
+  state = restore_latest(manager, init_state(config, task))
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
+                            "run train.py with this --workdir first")
+  params = replicate(state.params, mesh)
+  eval_step = make_eval_step(config, task, mesh)
+  result = evaluate(params, eval_step, load_source(config, config.eval_split), config,
+                    mesh)
+  return {"step": int(state.step), **result, **gate_report(state.params, config),
+          "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],
+          "targets": list(task.problem.targets) if config.method == "constrained" else [],
+          "layer_names": list(task.layer_names)}

@@ -1,0 +1,239 @@
+"""The trainer: device-count invariance, pmap == shard_map, resume, config errors, e2e."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import fashion_mnist_mlp
+from l0jax import input_pipeline, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(fake_dataset, **overrides):
+  idx_dir, data_dir = fake_dataset
+  config = fashion_mnist_mlp.get_config("runlocal")
+  config.idx_dir, config.data_dir = idx_dir, data_dir
+  config.mlp_features = (32, 16)
+  config.batch_size = 20
+  config.num_train_steps = 6
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 3
+  config.progress_bar = False
+  config.tensorboard = False
+  config.gate_learning_rate = 0.05
+  config.dual_learning_rate = 0.5
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def run_steps(config, devices, num_steps=2):
+  """``num_steps`` train steps on ``devices`` from the config's seed; returns (state, metrics)."""
+  mesh = train_lib.make_mesh(devices)
+  task = train_lib.make_task(config)
+  state = train_lib.replicate(train_lib.init_state(config, task), mesh)
+  step = train_lib.make_train_step(config, task, mesh)
+  source = train_lib.load_source(config, "train")
+  batches = input_pipeline.train_iterator(
+      source, global_batch_size=config.batch_size, seed=config.seed,
+      local_device_count=len(devices))
+  for _ in range(num_steps):
+    state, metrics = step(state, train_lib.shard_batch(next(batches), mesh))
+  return state, metrics
+
+
+def _assert_trees_close(a, b, atol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("constraint", ["model", "layerwise"])
+def test_one_vs_four_devices_same_result(fake_dataset, constraint):
+  assert jax.device_count() >= 4, "tests/conftest.py forces 4 CPU devices"
+  config = small_config(fake_dataset, constraint=constraint, target_density=0.3)
+  one, _ = run_steps(config, jax.devices()[:1])
+  four, _ = run_steps(config, jax.devices()[:4])
+  _assert_trees_close(train_lib.unreplicate(one.params),
+                      train_lib.unreplicate(four.params), 1e-5)
+  _assert_trees_close(train_lib.unreplicate(one.constrained),
+                      train_lib.unreplicate(four.constrained), 1e-5)
+  assert np.all(np.asarray(train_lib.unreplicate(four.constrained.multipliers)) > 0)
+
+
+def test_pmap_and_shard_map_agree(fake_dataset):
+  devices = jax.devices()[:4]
+  a, ma = run_steps(small_config(fake_dataset, parallel="pmap"), devices)
+  b, mb = run_steps(small_config(fake_dataset, parallel="shard_map"), devices)
+  _assert_trees_close(a, b, 1e-6)
+  _assert_trees_close(ma, mb, 1e-6)
+
+
+def test_replicas_identical_across_devices(fake_dataset):
+  state, metrics = run_steps(small_config(fake_dataset), jax.devices()[:4], 3)
+  for leaf in jax.tree.leaves((state.params, state.constrained, metrics)):
+    leaf = np.asarray(leaf)
+    for d in range(1, 4):
+      np.testing.assert_array_equal(leaf[d], leaf[0])
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+def test_gate_noise_differs_across_devices(fake_dataset, per_example):
+  config = small_config(fake_dataset, sample_per_example=per_example)
+  task = train_lib.make_task(config)
+  params = train_lib.init_state(config, task).params
+  mesh = train_lib.make_mesh(jax.devices()[:4])
+  images = jnp.ones((4, 5, 28, 28, 1))  # the same examples on every device
+
+  def body(images):
+    key = jax.random.key(0)
+    offset = jax.lax.axis_index(train_lib.AXIS) * images.shape[0]
+    return train_lib._forward_train(task.model, params, images, key, config, offset)
+
+  logits = np.asarray(train_lib.parallelize(body, config, mesh, donate=False)(images))
+  for d in range(1, 4):
+    assert not np.allclose(logits[d], logits[0])
+  if not per_example:  # one sample per device: every example of a device alike
+    np.testing.assert_allclose(logits[0], np.broadcast_to(logits[0, 0], logits[0].shape),
+                               rtol=1e-5)
+
+
+def _final_checkpoint(config, workdir, devices):
+  task = train_lib.make_task(config)
+  manager = train_lib.checkpoint_manager(workdir, config)
+  return train_lib.restore_latest(manager, train_lib.init_state(config, task))
+
+
+class Killed(Exception):
+  pass
+
+
+def test_resume_equals_uninterrupted_run(fake_dataset, tmp_path, monkeypatch):
+  devices = jax.devices()[:2]
+  config = small_config(fake_dataset, num_train_steps=8, checkpoint_every_steps=4,
+                        log_every_steps=1)
+  train_lib.train_and_evaluate(config, str(tmp_path / "straight"), devices)
+
+  # The same run "killed" while fetching the batch of step 7: its last checkpoint is
+  # step 4 and it logged steps 5 and 6, which the resumed run must redo, not repeat.
+  real_iterator = input_pipeline.train_iterator
+
+  def dying_iterator(*args, **kwargs):
+    it = real_iterator(*args, **kwargs)
+    for _ in range(6):
+      yield next(it)
+    raise Killed()
+
+  monkeypatch.setattr(input_pipeline, "train_iterator", dying_iterator)
+  with pytest.raises(Killed):
+    train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
+  monkeypatch.setattr(input_pipeline, "train_iterator", real_iterator)
+  assert max(r["step"] for r in train_lib.read_metrics(str(tmp_path / "resumed"))) == 6
+  train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
+  a = _final_checkpoint(config, str(tmp_path / "straight"), devices)
+  b = _final_checkpoint(config, str(tmp_path / "resumed"), devices)
+  assert int(a.step) == int(b.step) == 8
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)  # bit-identical on CPU
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rs]
+  assert strip(train_lib.read_metrics(str(tmp_path / "straight"))) == strip(
+      train_lib.read_metrics(str(tmp_path / "resumed")))
+
+
+def test_checkpoint_of_other_model_fails_clearly(fake_dataset, tmp_path):
+  devices = jax.devices()[:1]
+  train_lib.train_and_evaluate(small_config(fake_dataset, num_train_steps=2),
+                               str(tmp_path), devices)
+  other = small_config(fake_dataset, num_train_steps=4, mlp_features=(8, 4))
+  with pytest.raises(ValueError, match="different model"):
+    train_lib.train_and_evaluate(other, str(tmp_path), devices)
+
+
+BAD_VALUES = [
+    ("target_density", 0.0), ("target_density", 1.5), ("layer_targets", (0.5, 0.5)),
+    ("dataset", "cifar11"), ("model", "resnet7"), ("batch_size", 30),
+    ("learning_rate", -1e-3), ("gate_learning_rate", -1.0), ("dual_learning_rate", -0.1),
+    ("method", "magic"), ("constraint", "global"), ("scheme", "sgda"),
+    ("test_gate", "mean"), ("parallel", "vmap"), ("optimizer", "lion"),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_VALUES)
+def test_bad_config_values_fail_with_field_named(fake_dataset, field, value):
+  config = small_config(fake_dataset)
+  config[field] = value
+  with pytest.raises(train_lib.ConfigError, match=f"config.{field}=") as info:
+    train_lib.validate_config(config, 4)
+  assert "\n" not in str(info.value)
+
+
+def test_layerwise_target_list_length(fake_dataset):
+  config = small_config(fake_dataset, constraint="layerwise")
+  config.layer_targets = (0.3, 0.4, 0.5)
+  train_lib.validate_config(config, 4)  # three gated layers: fine
+  assert train_lib.make_task(config).problem.targets == (0.3, 0.4, 0.5)
+  config.layer_targets = (0.3, 0.4)
+  with pytest.raises(train_lib.ConfigError, match="one target per gated layer"):
+    train_lib.validate_config(config, 4)
+  config.layer_targets = (0.3, 0.4, 1.5)
+  with pytest.raises(train_lib.ConfigError, match="config.layer_targets="):
+    train_lib.validate_config(config, 4)
+
+
+def test_train_py_reports_bad_value_in_one_line(fake_dataset, tmp_path):
+  idx_dir, data_dir = fake_dataset
+  proc = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/fashion_mnist_mlp.py:runlocal",
+       f"--workdir={tmp_path}", "--config.target_density=1.5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: config.target_density=1.5 is invalid")
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_end_to_end_hits_target_and_eval_writes_everything(fake_dataset, tmp_path):
+  config = small_config(fake_dataset, num_train_steps=400, target_density=0.5,
+                        log_every_steps=20, eval_every_steps=200,
+                        checkpoint_every_steps=200, tensorboard=True)
+  devices = jax.devices()[:2]
+  summary = train_lib.train_and_evaluate(config, str(tmp_path), devices)
+  assert abs(summary["expected_density"] - 0.5) <= 0.02, summary
+  assert summary["test_error"] < 0.5
+  records = train_lib.read_metrics(str(tmp_path))
+  train_records = [r for r in records if not r.get("eval")]
+  for key in ("step", "loss", "accuracy", "lagrangian", "expected_density",
+              "layer_densities", "multipliers", "examples_per_sec"):
+    assert key in train_records[-1]
+  assert os.listdir(tmp_path / "tensorboard")
+
+  proc = subprocess.run(
+      [sys.executable, "eval.py", "--config=configs/fashion_mnist_mlp.py:runlocal",
+       f"--workdir={tmp_path}", f"--config.idx_dir={config.idx_dir}",
+       f"--config.data_dir={config.data_dir}", "--config.mlp_features=(32, 16)",
+       "--config.batch_size=20", "--config.target_density=0.5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads((tmp_path / "eval.json").read_text())
+  for key in ("test_error", "expected_density", "test_time_density", "kept_units",
+              "n_params_dense", "n_params_kept"):
+    assert key in result
+  assert result["test_error"] == pytest.approx(summary["test_error"])
+  assert result["n_params_kept"] < result["n_params_dense"]
+  for name in ("density.png", "kept_units.png", "test_error.png"):
+    assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_dense_baseline_trains_without_constraints(fake_dataset, tmp_path):
+  summary = train_lib.train_and_evaluate(
+      small_config(fake_dataset, gated=False, num_train_steps=4), str(tmp_path),
+      jax.devices()[:1])
+  assert summary["multipliers"] == []
+  assert summary["n_params_kept"] == summary["n_params_dense"]
