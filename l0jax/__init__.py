@@ -19,10 +19,13 @@ from l0jax.layers import L0Conv, L0Dense
 from l0jax.density import (
     DensityReport,
     GatedLayer,
+    cascade_expected_density,
+    cascade_layer_densities,
     density_report,
     expected_density,
     gated_layers,
     layer_expected_densities,
 )
+from l0jax import constrained
 
 __version__ = "0.1.0"

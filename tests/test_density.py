@@ -135,3 +135,111 @@ def test_gradient_flows_to_log_alpha_only():
   grads = jax.grad(density.expected_density)(hand_params())
   assert np.any(grads["head"]["log_alpha"] != 0)
   assert np.all(grads["head"]["kernel"] == 0)
+
+
+# ------------------------------------------------------------------ cascade density
+
+def chain_params():
+  """conv(2x2, 1->2) -> conv(1x1, 2->3) -> [2 positions x 3 channels] -> dense(6->4)
+  -> dense(4->2); every layer gated, biases everywhere."""
+  return {
+      "c1": {"kernel": jnp.ones((2, 2, 1, 2)), "bias": jnp.zeros(2),
+             "log_alpha": jnp.array([1.0, -2.0])},
+      "c2": {"kernel": jnp.ones((1, 1, 2, 3)), "bias": jnp.zeros(3),
+             "log_alpha": jnp.array([0.5, 3.0, -1.0])},
+      "d1": {"kernel": jnp.ones((6, 4)), "bias": jnp.zeros(4),
+             "log_alpha": jnp.array([2.0, -3.0, 0.0, 1.0, -0.5, 4.0])},
+      "d2": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2),
+             "log_alpha": jnp.array([-1.0, 1.5, 0.2, -4.0])},
+  }
+
+
+def cascade_by_hand(la):
+  p = {k: [p_open(float(a)) for a in v] for k, v in la.items()}
+  c1, c2, d1, d2 = p["c1"], p["c2"], p["d1"], p["d2"]
+  # c1: one image channel in; outputs used with their own gate (c2 gates no inputs).
+  c1_active = 4 * 1 * sum(c1) + sum(c1)
+  # c2: inputs alive with c1's channel gates; channel c used if its gate is open and
+  # at least one of its two flattened d1 rows (c and 3 + c) is open.
+  used = [c2[c] * (1 - (1 - d1[c]) * (1 - d1[3 + c])) for c in range(3)]
+  c2_active = 1 * sum(c1) * sum(used) + sum(used)
+  # d1: row i alive if its gate and its channel i % 3 are open; column j used if
+  # d2's input gate j is open.
+  d1_active = sum(d1[i] * c2[i % 3] for i in range(6)) * sum(d2)
+  # d2: last layer, every output used.
+  d2_active = sum(d2) * 2
+  active = {"c1": c1_active, "c2": c2_active, "d1": d1_active, "d2": d2_active}
+  sizes = {"c1": 2 * 5, "c2": 3 * 3, "d1": 24, "d2": 8}
+  layers = {k: active[k] / sizes[k] for k in active}
+  model = sum(active.values()) / sum(sizes.values())
+  return layers, model
+
+
+def test_cascade_densities_by_hand():
+  params = chain_params()
+  want_layers, want_model = cascade_by_hand(
+      {k: v["log_alpha"] for k, v in params.items()})
+  got = density.cascade_layer_densities(params)
+  assert list(got) == ["c1", "c2", "d1", "d2"]
+  for k, v in want_layers.items():
+    np.testing.assert_allclose(got[k], v, rtol=1e-6)
+  np.testing.assert_allclose(density.cascade_expected_density(params), want_model,
+                             rtol=1e-6)
+  # Cascading only removes weights.
+  assert float(density.cascade_expected_density(params)) < float(
+      density.expected_density(params))
+
+
+def test_cascade_explicit_order():
+  """Paths whose natural sort is not the forward order need `order`."""
+  renamed = dict(zip(["z_conv", "y_conv", "b_dense", "a_dense"],
+                     chain_params().values()))
+  order = ["z_conv", "y_conv", "b_dense", "a_dense"]
+  _, want_model = cascade_by_hand(dict(zip(["c1", "c2", "d1", "d2"],
+                                           (v["log_alpha"] for v in renamed.values()))))
+  np.testing.assert_allclose(density.cascade_expected_density(renamed, order),
+                             want_model, rtol=1e-6)
+  assert list(density.cascade_layer_densities(renamed, order)) == order
+  with pytest.raises(ValueError, match="pass the layers' forward order"):
+    density.cascade_expected_density(renamed)
+  with pytest.raises(ValueError, match="every gated layer exactly once"):
+    density.cascade_expected_density(renamed, order[:3])
+
+
+def test_cascade_unstructured_layer_by_hand():
+  params = {
+      "a": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2),
+            "log_alpha": jnp.array([[1.0, -1.0], [0.0, 2.0], [-3.0, 0.5]])},
+      "b": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2),
+            "log_alpha": jnp.array([0.3, -0.7])},
+  }
+  pa = [[p_open(v) for v in row] for row in ([1.0, -1.0], [0.0, 2.0], [-3.0, 0.5])]
+  pb = [p_open(0.3), p_open(-0.7)]
+  a_active = sum(pa[i][j] * pb[j] for i in range(3) for j in range(2))
+  b_active = sum(pb) * 2
+  got = density.cascade_layer_densities(params)
+  np.testing.assert_allclose(got["a"], a_active / 6, rtol=1e-6)
+  np.testing.assert_allclose(got["b"], b_active / 4, rtol=1e-6)
+
+
+def test_cascade_all_open_is_one_and_jits_and_differentiates():
+  params = chain_params()
+  open_params = jax.tree.map(lambda x: x, params)
+  for layer in open_params.values():
+    layer["log_alpha"] = jnp.full_like(layer["log_alpha"], 40.0)
+  np.testing.assert_allclose(density.cascade_expected_density(open_params), 1.0,
+                             rtol=1e-6)
+  eager = density.cascade_expected_density(params)
+  np.testing.assert_allclose(jax.jit(density.cascade_expected_density)(params), eager,
+                             rtol=1e-6)
+  jitted = jax.jit(density.cascade_layer_densities)(params)
+  for k, v in density.cascade_layer_densities(params).items():
+    np.testing.assert_allclose(jitted[k], v, rtol=1e-6)
+  grads = jax.grad(density.cascade_expected_density)(params)
+  for name in params:
+    g = np.asarray(grads[name]["log_alpha"])
+    assert np.all(np.isfinite(g)) and np.all(g > 0)  # opening a gate adds weights
+    assert np.all(grads[name]["kernel"] == 0)
+  # Saturated gates keep finite gradients.
+  grads = jax.grad(density.cascade_expected_density)(open_params)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))

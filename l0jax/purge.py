@@ -1,0 +1,714 @@
+"""Compaction ("purging") of gated models into plain, smaller Flax models.
+
+At test time a closed gate is an exact zero, so the neurons and channels it closes
+can be cut out of the network, together with whatever the cut makes dead in the
+neighbouring layers. :func:`purge` does that from a trained model's parameters:
+
+* fractional test-time gates (:func:`l0jax.gates.deterministic_gate`, ``"median"``
+  or ``"eq13"``) are folded into the kept weights: a dense layer's input gate scales
+  its kernel row; a conv channel gate scales the kernel's output channel and its bias
+  (exact, because the gate is >= 0: ``relu(g * y) = g * relu(y)`` and max pooling
+  commutes with a positive scale); unstructured gates multiply the kernel elementwise
+  (no compaction: they only change the counts);
+* a closed dense input removes that kernel row, and the output unit of the previous
+  layer that fed it (its kernel column and bias entry);
+* a closed conv channel removes its output channel and the next conv's input channel;
+  across the NHWC flatten (dense input index ``(h * W + w) * C + c``) it removes its
+  ``H * W`` rows of the next dense kernel; a channel whose rows are all closed is
+  removed from the conv;
+* a layer left with no output removes its inputs too. A layer left with no input is
+  kept with width zero: it outputs its bias, so the purged model reproduces the
+  gated model's constant output exactly (the "constant bias path").
+
+The result is a :class:`PurgedModel`, a Flax module that runs a sequence of
+:class:`Op` s (``dense``, ``conv``, ``relu``, ``max_pool``, ``flatten`` and
+``select``, a gather of kept features on the last axis). The sequence is plain data:
+:meth:`PurgedModel.spec` turns it into a JSON-able dict and
+:meth:`PurgedModel.from_spec` back, which is how :func:`save` and :func:`load` work.
+
+Example::
+
+    model = l0jax.models.MLP()
+    variables = model.init(rngs, x)            # ... then train
+    small, small_params = purge(model, variables["params"])
+    y = small.apply({"params": small_params}, x)   # == model.apply(variables, x,
+                                                   #        deterministic=True)
+    print(counts(model, variables["params"])["architecture"])   # e.g. "198-233-100"
+    save("/tmp/mlp_purged", small, small_params)
+    small, small_params = load("/tmp/mlp_purged")
+
+Supported architectures are :class:`l0jax.models.MLP` and
+:class:`l0jax.models.LeNet5Caffe`; :func:`register_architecture` adds one by giving
+the op sequence of its forward pass (a chain of dense / conv layers with relu,
+pooling and flatten between them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l0jax import density, gates
+from l0jax.models import LeNet5Caffe, MLP
+
+__all__ = [
+    "Op",
+    "PurgedModel",
+    "architecture_ops",
+    "register_architecture",
+    "purge",
+    "counts",
+    "save",
+    "load",
+]
+
+SPEC_FORMAT = "l0jax.purged_model"
+SPEC_VERSION = 1
+SPEC_FILE = "spec.json"
+PARAMS_DIR = "params"
+
+LINEAR_KINDS = ("dense", "conv")
+OP_KINDS = LINEAR_KINDS + ("relu", "max_pool", "flatten", "select")
+
+
+class Op(NamedTuple):
+  """One step of a purged (or gated) model's forward pass.
+
+  ``kind`` is one of:
+
+  * ``"dense"``: ``nn.Dense(features)`` on the last axis, parameters under ``name``;
+  * ``"conv"``: ``nn.Conv(features, kernel_size, strides, padding)`` (NHWC),
+    parameters under ``name``;
+  * ``"relu"``;
+  * ``"max_pool"``: ``nn.max_pool(x, window, strides)`` (VALID);
+  * ``"flatten"``: ``(batch, ...) -> (batch, -1)``, row-major (channel innermost);
+  * ``"select"``: keeps the features ``indices`` of the last axis, in that order.
+  """
+  kind: str
+  name: Optional[str] = None
+  features: Optional[int] = None
+  kernel_size: Optional[Tuple[int, ...]] = None
+  strides: Optional[Tuple[int, ...]] = None
+  padding: Optional[str] = None
+  window: Optional[Tuple[int, ...]] = None
+  indices: Optional[Tuple[int, ...]] = None
+  use_bias: bool = True
+
+  def __repr__(self) -> str:
+    fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+    return f"Op({fields})"
+
+  def to_dict(self) -> Dict[str, Any]:
+    """JSON-able dict of the fields that are set."""
+    out = {}
+    for key, value in self._asdict().items():
+      if value is None or (key == "use_bias" and value):
+        continue
+      out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "Op":
+    unknown = set(d) - set(cls._fields)
+    if unknown:
+      raise ValueError(f"unknown op fields {sorted(unknown)} in {dict(d)}")
+    kw = {k: tuple(int(i) for i in v) if isinstance(v, (list, tuple)) else v
+          for k, v in d.items()}
+    op = cls(**kw)
+    _check_op(op)
+    return op
+
+
+def _check_op(op: Op) -> None:
+  if op.kind not in OP_KINDS:
+    raise ValueError(f"unknown op kind {op.kind!r}; allowed: {OP_KINDS}")
+  if op.kind in LINEAR_KINDS and (op.name is None or op.features is None):
+    raise ValueError(f"a {op.kind} op needs a name and features, got {op}")
+  if op.kind == "conv" and op.kernel_size is None:
+    raise ValueError(f"a conv op needs kernel_size, got {op}")
+  if op.kind == "max_pool" and op.window is None:
+    raise ValueError(f"a max_pool op needs window, got {op}")
+  if op.kind == "select" and op.indices is None:
+    raise ValueError(f"a select op needs indices, got {op}")
+
+
+def _kernel_init(key, shape, dtype=jnp.float32):
+  """lecun_normal that also accepts zero-width layers (they hold no weights)."""
+  if math.prod(shape) == 0:
+    return jnp.zeros(shape, dtype)
+  return nn.initializers.lecun_normal()(key, shape, dtype)
+
+
+class PurgedModel(nn.Module):
+  """A plain Flax model of ``nn.Dense`` / ``nn.Conv`` layers run as a sequence of ops.
+
+  ``ops`` is a tuple of :class:`Op`; build one from a JSON-able spec with
+  :meth:`from_spec`. Outputs for inputs ``x`` of shape ``(batch, ...)``.
+  """
+  ops: Tuple[Op, ...]
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for op in self.ops:
+      if op.kind == "dense":
+        x = nn.Dense(op.features, use_bias=op.use_bias, kernel_init=_kernel_init,
+                     name=op.name)(x)
+      elif op.kind == "conv":
+        x = nn.Conv(op.features, tuple(op.kernel_size),
+                    strides=tuple(op.strides) if op.strides else 1,
+                    padding=op.padding or "VALID", use_bias=op.use_bias,
+                    kernel_init=_kernel_init, name=op.name)(x)
+      elif op.kind == "relu":
+        x = nn.relu(x)
+      elif op.kind == "max_pool":
+        x = nn.max_pool(x, tuple(op.window),
+                        strides=tuple(op.strides) if op.strides else None)
+      elif op.kind == "flatten":
+        x = x.reshape((x.shape[0], -1))
+      elif op.kind == "select":
+        # Indices are valid by construction: "clip" skips the out-of-bounds masking.
+        x = jnp.take(x, jnp.asarray(op.indices, jnp.int32), axis=-1, mode="clip")
+      else:
+        raise ValueError(f"unknown op kind {op.kind!r}")
+    return x
+
+  def spec(self) -> Dict[str, Any]:
+    """The JSON-able description of this model (see :meth:`from_spec`)."""
+    return _spec_dict(self.ops)
+
+  @classmethod
+  def from_spec(cls, spec: Union[Mapping[str, Any], Sequence[Any]]) -> "PurgedModel":
+    """Rebuilds the model from :meth:`spec`'s dict (or a sequence of ops / op dicts)."""
+    return cls(ops=_ops_from_spec(spec))
+
+
+def _spec_dict(ops: Sequence[Op]) -> Dict[str, Any]:
+  return {"format": SPEC_FORMAT, "version": SPEC_VERSION,
+          "ops": [op.to_dict() for op in ops]}
+
+
+def _ops_from_spec(spec) -> Tuple[Op, ...]:
+  if isinstance(spec, PurgedModel):
+    return tuple(spec.ops)
+  if isinstance(spec, Mapping):
+    if spec.get("format") != SPEC_FORMAT:
+      raise ValueError(f"not a purged-model spec: format {spec.get('format')!r}, "
+                       f"expected {SPEC_FORMAT!r}")
+    if spec.get("version") != SPEC_VERSION:
+      raise ValueError(f"unsupported purged-model spec version "
+                       f"{spec.get('version')!r}; this l0jax reads {SPEC_VERSION}")
+    spec = spec["ops"]
+  ops = []
+  for op in spec:
+    if isinstance(op, Op):
+      _check_op(op)
+      ops.append(op)
+    else:
+      ops.append(Op.from_dict(op))
+  return tuple(ops)
+
+
+# ------------------------------------------------------------------------------------
+# Architectures: the op sequence of a gated model's forward pass.
+# ------------------------------------------------------------------------------------
+
+_ARCHITECTURES: Dict[type, Callable[[nn.Module], Tuple[Op, ...]]] = {}
+
+
+def register_architecture(model_type: type,
+                          ops_fn: Callable[[nn.Module], Sequence[Op]]) -> None:
+  """Teaches :func:`purge` a model class.
+
+  ``ops_fn(model)`` returns the ops of the model's test-time forward pass with its
+  full (unpurged) widths, each dense / conv op named like the model's parameter
+  dict. The dense and conv layers must form a chain; gates are read from the
+  parameters (a layer without ``log_alpha`` is treated as always open).
+  """
+  _ARCHITECTURES[model_type] = lambda model: tuple(ops_fn(model))
+
+
+def architecture_ops(model: nn.Module) -> Tuple[Op, ...]:
+  """The op sequence of ``model``'s forward pass (see :func:`register_architecture`)."""
+  for cls in type(model).__mro__:
+    if cls in _ARCHITECTURES:
+      return _ARCHITECTURES[cls](model)
+  raise NotImplementedError(
+      f"purge does not know {type(model).__name__}; known: "
+      f"{sorted(c.__name__ for c in _ARCHITECTURES)} (add one with "
+      f"register_architecture)")
+
+
+def _mlp_ops(model: MLP) -> List[Op]:
+  widths = tuple(model.features) + (model.num_classes,)
+  ops = [Op("flatten")]
+  for i, width in enumerate(widths):
+    ops.append(Op("dense", name=f"fc{i + 1}", features=int(width)))
+    if i < len(widths) - 1:
+      ops.append(Op("relu"))
+  return ops
+
+
+def _lenet_ops(model: LeNet5Caffe) -> List[Op]:
+  ops = []
+  for i, width in enumerate(model.conv_features):
+    ops += [Op("conv", name=f"conv{i + 1}", features=int(width), kernel_size=(5, 5),
+               strides=(1, 1), padding="VALID"),
+            Op("relu"),
+            Op("max_pool", window=(2, 2), strides=(2, 2))]
+  ops += [Op("flatten"),
+          Op("dense", name="fc1", features=int(model.dense_features)), Op("relu"),
+          Op("dense", name="fc2", features=int(model.num_classes))]
+  return ops
+
+
+register_architecture(MLP, _mlp_ops)
+register_architecture(LeNet5Caffe, _lenet_ops)
+
+
+# ------------------------------------------------------------------------------------
+# Analysis: fold test-time gates, then find what survives.
+# ------------------------------------------------------------------------------------
+
+class _Layer:
+  """One dense / conv layer during purging (numpy, host side)."""
+
+  def __init__(self, op: Op, kernel, bias, kind: Optional[str],
+               weight_open: np.ndarray, in_keep: np.ndarray, out_keep: np.ndarray):
+    self.op = op
+    self.kernel = kernel            # gates folded in, full size
+    self.bias = bias                # gates folded in, full size (or None)
+    self.kind = kind                # a density.* gate kind, or None when ungated
+    self.weight_open = weight_open  # bool, kernel shape: the weight's gate is > 0
+    self.in_keep = in_keep          # bool over input features (channels / neurons)
+    self.out_keep = out_keep        # bool over outputs
+    self.out_open = out_keep.copy()  # outputs whose own gate is open (before cascade)
+    self.src = None                 # input feature -> previous layer's output unit
+
+  @property
+  def n_in(self) -> int:
+    return int(self.kernel.shape[-2])
+
+  @property
+  def n_out(self) -> int:
+    return int(self.kernel.shape[-1])
+
+  @property
+  def spatial(self) -> int:
+    return math.prod(self.kernel.shape[:-2])
+
+  def structured_bias(self) -> bool:
+    """Whether the bias counts as sparsifiable (shares its conv channel's gate)."""
+    return (self.bias is not None and self.op.kind == "conv"
+            and self.kind != density.UNSTRUCTURED)
+
+
+def _unwrap(params) -> Mapping[str, Any]:
+  if isinstance(params, Mapping) and set(params) == {"params"}:
+    return params["params"]
+  return params
+
+
+def _gate_kwargs(model) -> Dict[str, Any]:
+  return dict(clamp=getattr(model, "log_alpha_clamp", None))
+
+
+def _test_gate(model, test_gate: Optional[str]) -> str:
+  mode = test_gate if test_gate is not None else getattr(model, "test_gate", "median")
+  if mode not in gates.TEST_GATE_MODES:
+    raise ValueError(f"unknown test-time gate mode {mode!r}; allowed: "
+                     f"{gates.TEST_GATE_MODES}")
+  return mode
+
+
+_deterministic_gate = jax.jit(gates.deterministic_gate,
+                              static_argnames=("mode", "beta", "gamma", "zeta",
+                                               "clamp"))
+
+
+def _test_time_gates(params, names: Sequence[str], mode: str, gate_kw
+                     ) -> Dict[str, np.ndarray]:
+  """Test-time gates of the named layers that have ``log_alpha``, as numpy arrays.
+
+  The gate is elementwise, so the log_alphas of a dtype go through one jitted call
+  (one compile per model instead of one per primitive and layer shape).
+  """
+  by_dtype: Dict[Any, List[str]] = {}
+  for name in names:
+    if "log_alpha" in params[name]:
+      dtype = np.asarray(params[name]["log_alpha"]).dtype
+      by_dtype.setdefault(dtype, []).append(name)
+  out = {}
+  for group in by_dtype.values():
+    alphas = [np.asarray(params[n]["log_alpha"]) for n in group]
+    flat = np.asarray(_deterministic_gate(
+        jax.device_put(np.concatenate([a.ravel() for a in alphas])), mode=mode,
+        **gate_kw))
+    ends = np.cumsum([a.size for a in alphas])
+    for name, a, chunk in zip(group, alphas, np.split(flat, ends[:-1])):
+      out[name] = chunk.reshape(a.shape)
+  return out
+
+
+def _fold(op: Op, layer: Mapping[str, Any], g: Optional[np.ndarray]) -> _Layer:
+  if "kernel" not in layer:
+    raise ValueError(f"layer {op.name!r} has no kernel")
+  # Host-side numpy: an elementwise product rounds exactly as XLA's does.
+  kernel = np.asarray(layer["kernel"])
+  bias = np.asarray(layer["bias"]) if "bias" in layer else None
+  want_ndim = 2 if op.kind == "dense" else len(op.kernel_size) + 2
+  if kernel.ndim != want_ndim or kernel.shape[-1] != op.features:
+    raise ValueError(f"layer {op.name!r}: kernel shape {kernel.shape} does not fit "
+                     f"a {op.kind} layer with {op.features} features")
+  in_keep = np.ones(kernel.shape[-2], bool)
+  out_keep = np.ones(kernel.shape[-1], bool)
+  weight_open = np.ones(kernel.shape, bool)
+  kind = None
+  if g is not None:
+    kind = density.gated_layers({op.name: layer})[op.name].kind
+    if kind not in (density.UNSTRUCTURED,
+                    density.DENSE_INPUTS if op.kind == "dense" else
+                    density.CONV_CHANNELS):
+      raise ValueError(f"layer {op.name!r}: {kind} gates on a {op.kind} layer")
+    g = g.astype(np.result_type(kernel.dtype, g.dtype))
+    is_open = g > 0
+    if kind == density.DENSE_INPUTS:
+      kernel = kernel * g[:, None]      # the product L0Dense forms at test time
+      in_keep = is_open
+      weight_open = np.broadcast_to(is_open[:, None], kernel.shape)
+    elif kind == density.CONV_CHANNELS:
+      kernel = kernel * g
+      bias = bias * g if bias is not None else None
+      out_keep = is_open
+      weight_open = np.broadcast_to(is_open, kernel.shape)
+    else:
+      kernel = kernel * g
+      weight_open = is_open
+  return _Layer(op, kernel, bias, kind, np.asarray(weight_open), in_keep.copy(),
+                out_keep.copy())
+
+
+def _source_index(prev: _Layer, layer: _Layer, flattened: bool) -> np.ndarray:
+  """Maps each input feature of ``layer`` to the output unit of ``prev`` feeding it."""
+  c = prev.n_out
+  if layer.n_in == c:
+    return np.arange(c)
+  if flattened and c > 0 and layer.n_in % c == 0:
+    return np.arange(layer.n_in) % c  # NHWC flatten: index (h * W + w) * C + c
+  raise ValueError(
+      f"layer {layer.op.name!r} has {layer.n_in} inputs, which does not match the "
+      f"{c} outputs of {prev.op.name!r}" + (" times a spatial size" if flattened
+                                              else ""))
+
+
+def _analyse(model, params, test_gate: Optional[str]):
+  """Folded, full-size layers with their kept inputs and outputs after the cascade."""
+  params = _unwrap(params)
+  mode = _test_gate(model, test_gate)
+  ops = architecture_ops(model)
+  names = [op.name for op in ops if op.kind in LINEAR_KINDS]
+  for name in names:
+    if name not in params:
+      raise ValueError(f"params have no layer {name!r} (found {sorted(params)})")
+  test_gates = _test_time_gates(params, names, mode, _gate_kwargs(model))
+  layers: List[_Layer] = []
+  flattened = False
+  for op in ops:
+    if op.kind in LINEAR_KINDS:
+      layer = _fold(op, params[op.name], test_gates.get(op.name))
+      if layers:
+        layer.src = _source_index(layers[-1], layer, flattened)
+      layers.append(layer)
+      flattened = False
+    elif op.kind == "flatten":
+      flattened = True
+
+  # Cascade to a fixed point: each pass only removes units, so it terminates.
+  changed = True
+  while changed:
+    changed = False
+    for prev, layer in zip(layers[:-1], layers[1:]):
+      in_keep = layer.in_keep & prev.out_keep[layer.src]
+      used = np.zeros(prev.n_out, bool)
+      used[layer.src[in_keep]] = True
+      out_keep = prev.out_keep & used
+      if (in_keep != layer.in_keep).any() or (out_keep != prev.out_keep).any():
+        layer.in_keep, prev.out_keep, changed = in_keep, out_keep, True
+    for layer in layers:
+      if not layer.out_keep.any() and layer.in_keep.any():
+        layer.in_keep = np.zeros_like(layer.in_keep)  # nothing reads its outputs
+        changed = True
+  return ops, layers
+
+
+def purge(model: nn.Module, params, test_gate: Optional[str] = None
+          ) -> Tuple[PurgedModel, Dict[str, Dict[str, jax.Array]]]:
+  """Builds the compact plain model equal to ``model`` at test time.
+
+  Args:
+    model: a gated (or plain) model of a registered architecture, e.g.
+      :class:`l0jax.models.MLP` or :class:`l0jax.models.LeNet5Caffe`.
+    params: its parameters (or a ``{"params": ...}`` variables dict).
+    test_gate: ``"median"`` or ``"eq13"``; defaults to ``model.test_gate``, so the
+      result equals ``model.apply(variables, x, deterministic=True)``.
+
+  Returns:
+    ``(purged_model, purged_params)`` with
+    ``purged_model.apply({"params": purged_params}, x)`` equal to the gated model's
+    test-time output (up to float rounding). Not jittable: shapes depend on the gates.
+  """
+  ops, layers = _analyse(model, params, test_gate)
+  by_name = {layer.op.name: layer for layer in layers}
+  new_ops: List[Op] = []
+  new_params: Dict[str, Dict[str, jax.Array]] = {}
+  prev: Optional[_Layer] = None
+  for op in ops:
+    if op.kind not in LINEAR_KINDS:
+      new_ops.append(op)
+      continue
+    layer = by_name[op.name]
+    # Where each kept input of this layer sits in the purged upstream output.
+    if prev is None:
+      upstream_width = layer.n_in
+      position = np.arange(layer.n_in)
+    else:
+      rank = np.cumsum(prev.out_keep) - 1
+      kept_channels = int(prev.out_keep.sum())
+      upstream_width = (layer.n_in // prev.n_out) * kept_channels
+      position = (np.arange(layer.n_in) // prev.n_out) * kept_channels + rank[layer.src]
+    indices = position[layer.in_keep]
+    if len(indices) != upstream_width:
+      new_ops.append(Op("select", indices=tuple(int(i) for i in indices)))
+    kernel = layer.kernel[..., layer.in_keep, :][..., layer.out_keep]
+    new_ops.append(op._replace(features=int(layer.out_keep.sum()),
+                               use_bias=layer.bias is not None))
+    # device_put, not jnp.asarray: no XLA compile for a copy.
+    new_params[op.name] = {"kernel": jax.device_put(np.ascontiguousarray(kernel))}
+    if layer.bias is not None:
+      new_params[op.name]["bias"] = jax.device_put(
+          np.ascontiguousarray(layer.bias[layer.out_keep]))
+    prev = layer
+  return PurgedModel(ops=tuple(new_ops)), new_params
+
+
+# ------------------------------------------------------------------------------------
+# Counts: parameters and multiply-accumulates.
+# ------------------------------------------------------------------------------------
+
+def _conv_out(size: int, k: int, stride: int, padding: str) -> int:
+  if padding == "VALID":
+    return (size - k) // stride + 1
+  if padding == "SAME":
+    return -(-size // stride)
+  raise ValueError(f"counts supports padding 'VALID' or 'SAME', got {padding!r}")
+
+
+def _output_positions(ops: Sequence[Op], input_shape) -> Dict[str, int]:
+  """Output positions (product of spatial dims) of each dense / conv op, per example."""
+  if input_shape is None:
+    if any(op.kind == "conv" for op in ops):
+      raise ValueError("counts needs input_shape=(H, W, C) (one example, no batch "
+                       "axis) for a model with convolutions")
+    return {op.name: 1 for op in ops if op.kind == "dense"}
+  shape = tuple(int(d) for d in input_shape)
+  positions = {}
+  for op in ops:
+    if op.kind == "conv":
+      strides = op.strides or (1,) * len(op.kernel_size)
+      spatial = tuple(_conv_out(d, k, s, op.padding or "VALID")
+                      for d, k, s in zip(shape[:-1], op.kernel_size, strides))
+      shape = spatial + (op.features,)
+      positions[op.name] = math.prod(spatial)
+    elif op.kind == "dense":
+      shape = shape[:-1] + (op.features,)
+      positions[op.name] = math.prod(shape[:-1])
+    elif op.kind == "max_pool":
+      strides = op.strides or op.window
+      shape = tuple((d - w) // s + 1 for d, w, s in
+                    zip(shape[:-1], op.window, strides)) + shape[-1:]
+    elif op.kind == "flatten":
+      shape = (math.prod(shape),)
+  return positions
+
+
+def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = None,
+           test_gate: Optional[str] = None) -> Dict[str, Any]:
+  """Parameters and per-example multiply-accumulates: dense, test-time and purged.
+
+  Args:
+    model, params, test_gate: as in :func:`purge`.
+    input_shape: one example's input shape, e.g. ``(28, 28, 1)``; needed for
+      convolutions (MACs of a conv are ``out_h * out_w * kh * kw * cin * cout``).
+
+  Returns:
+    A dict with
+
+    * ``dense_params``, ``dense_macs``: the ungated architecture (kernels + biases);
+    * ``dense_sparsifiable``: weights the gates can remove, as :mod:`l0jax.density`
+      counts them (dense: kernel; gated conv: kernel + bias; unstructured: kernel);
+    * ``test_time_params``, ``test_time_macs``, ``test_time_density``: weights whose
+      own test-time gate is non-zero (``test_time_density`` equals
+      ``density.density_report(params).model_test_time``);
+    * ``purged_params``, ``purged_macs``, ``purged_density``: the model
+      :func:`purge` builds, after the cascade (``purged_density`` = purged
+      sparsifiable / dense sparsifiable). Unstructured layers are not compacted;
+      they count their non-zero weights (what a sparse kernel would store);
+    * ``architecture``: kept widths in the papers' style, per dense / conv layer in
+      forward order: a conv's output channels, a dense layer's inputs (e.g.
+      ``"198-233-100"`` for the 784-300-100 MLP, ``"20-50-800-500"`` for LeNet-5);
+    * ``layers``: the same numbers per layer.
+  """
+  ops, layers = _analyse(model, params, test_gate)
+  positions = _output_positions(ops, input_shape)
+  total = dict.fromkeys(
+      ["dense_params", "dense_macs", "dense_sparsifiable", "test_time_params",
+       "test_time_macs", "test_time_sparsifiable", "purged_params", "purged_macs",
+       "purged_sparsifiable"], 0)
+  per_layer, widths = {}, []
+  for layer in layers:
+    pos = positions[layer.op.name]
+    bias_size = 0 if layer.bias is None else layer.n_out
+    sparse_bias = layer.structured_bias()
+    # Dense architecture.
+    kernel_size = layer.kernel.size
+    dense_sparse = kernel_size + (bias_size if sparse_bias else 0)
+    # Test time: weights whose own gate is open.
+    tt_kernel = int(layer.weight_open.sum())
+    tt_bias = int(layer.out_open.sum()) if sparse_bias else bias_size
+    tt_sparse = tt_kernel + (tt_bias if sparse_bias else 0)
+    # Purged.
+    kept = layer.weight_open[..., layer.in_keep, :][..., layer.out_keep]
+    p_kernel = int(kept.sum())
+    p_bias = int(layer.out_keep.sum()) if layer.bias is not None else 0
+    p_sparse = p_kernel + (p_bias if sparse_bias else 0)
+    row = {
+        "dense_params": kernel_size + bias_size,
+        "dense_macs": kernel_size * pos,
+        "dense_sparsifiable": dense_sparse,
+        "test_time_params": tt_kernel + tt_bias,
+        "test_time_macs": tt_kernel * pos,
+        "test_time_sparsifiable": tt_sparse,
+        "purged_params": p_kernel + p_bias,
+        "purged_macs": p_kernel * pos,
+        "purged_sparsifiable": p_sparse,
+    }
+    for key, value in row.items():
+      total[key] += value
+    per_layer[layer.op.name] = row
+    widths.append(int(layer.out_keep.sum() if layer.op.kind == "conv"
+                      else layer.in_keep.sum()))
+  dense_sparse = max(total["dense_sparsifiable"], 1)
+  total["test_time_density"] = total["test_time_sparsifiable"] / dense_sparse
+  total["purged_density"] = total["purged_sparsifiable"] / dense_sparse
+  total["architecture"] = "-".join(str(w) for w in widths)
+  total["layers"] = per_layer
+  return total
+
+
+# ------------------------------------------------------------------------------------
+# Export: orbax for the arrays, JSON for the architecture.
+# ------------------------------------------------------------------------------------
+
+def save(path: Union[str, os.PathLike], purged_model, params, *,
+         overwrite: bool = False) -> str:
+  """Writes a purged model to the directory ``path``: ``spec.json`` + orbax params.
+
+  Args:
+    path: directory to create.
+    purged_model: a :class:`PurgedModel`, its :meth:`~PurgedModel.spec` dict or a
+      sequence of :class:`Op`.
+    params: its parameters (or ``{"params": ...}``).
+    overwrite: replace an existing ``path``.
+
+  Returns:
+    The absolute path written.
+
+  Raises:
+    FileExistsError: if ``path`` exists and ``overwrite`` is False.
+  """
+  import orbax.checkpoint as ocp  # heavy; only export needs it
+
+  path = os.path.abspath(os.fspath(path))
+  if os.path.lexists(path) and not overwrite:
+    raise FileExistsError(
+        f"{path} already exists; refusing to overwrite it. Pass overwrite=True "
+        f"(--overwrite on the command line) to replace it.")
+  ops = _ops_from_spec(purged_model)
+  params = _unwrap(params)
+  names = [op.name for op in ops if op.kind in LINEAR_KINDS]
+  if set(params) != set(names):
+    raise ValueError(f"params layers {sorted(params)} do not match the model's "
+                     f"{sorted(names)}")
+  arrays = {name: {leaf: np.asarray(value) for leaf, value in params[name].items()}
+            for name in names}
+  spec = _spec_dict(ops)
+  spec["params"] = {
+      name: {leaf: {"shape": list(a.shape), "dtype": str(a.dtype)}
+             for leaf, a in layer.items()} for name, layer in arrays.items()}
+  # orbax refuses zero-size arrays (zero-width layers); spec.json records them.
+  stored = {name: {leaf: a for leaf, a in layer.items() if a.size}
+            for name, layer in arrays.items()}
+  stored = {name: layer for name, layer in stored.items() if layer}
+
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+  os.makedirs(tmp)
+  try:
+    with open(os.path.join(tmp, SPEC_FILE), "w") as f:
+      json.dump(spec, f, indent=1)
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.join(tmp, PARAMS_DIR), stored)
+      checkpointer.wait_until_finished()
+    if os.path.lexists(path):
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+  return path
+
+
+def load(path: Union[str, os.PathLike]
+         ) -> Tuple[PurgedModel, Dict[str, Dict[str, jax.Array]]]:
+  """Reads what :func:`save` wrote: ``(purged_model, params)``.
+
+  ``purged_model.apply({"params": params}, x)`` gives the outputs it gave before
+  saving. Arrays are restored onto the first local device.
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(os.fspath(path))
+  spec_path = os.path.join(path, SPEC_FILE)
+  if not os.path.isfile(spec_path):
+    raise FileNotFoundError(f"{path} is not a saved purged model (no {SPEC_FILE})")
+  with open(spec_path) as f:
+    spec = json.load(f)
+  model = PurgedModel.from_spec(spec)
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target, empty = {}, {}
+  for name, layer in spec["params"].items():
+    for leaf, info in layer.items():
+      shape, dtype = tuple(info["shape"]), jnp.dtype(info["dtype"])
+      if math.prod(shape):
+        target.setdefault(name, {})[leaf] = jax.ShapeDtypeStruct(
+            shape, dtype, sharding=sharding)
+      else:
+        empty.setdefault(name, {})[leaf] = jnp.zeros(shape, dtype)
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(os.path.join(path, PARAMS_DIR), target)
+  params = {name: dict(restored.get(name, {}), **empty.get(name, {}))
+            for name in spec["params"]}
+  return model, params

@@ -1,0 +1,334 @@
+"""purge.py: purged == gated at test time; counts by hand; export round trip."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l0jax import density, gates, purge
+from l0jax.models import LeNet5Caffe, MLP
+
+OPEN, CLOSED = 30.0, -30.0  # test-time gate exactly 1 / exactly 0 in both modes
+
+SMALL_MLP = MLP(features=(16, 8))
+SMALL_LENET = LeNet5Caffe(conv_features=(4, 6), dense_features=12)
+X28 = jnp.asarray(np.random.default_rng(7).uniform(size=(4, 28, 28, 1)), jnp.float32)
+
+
+_SHAPES = {}
+
+
+def _init(model, x, seed=0):
+  """Random params of the model's shapes (numpy draws: no XLA compiles in tests)."""
+  rng = np.random.default_rng(seed)
+  key = (repr(model), x.shape)
+  if key not in _SHAPES:
+    _SHAPES[key] = jax.eval_shape(lambda: model.init(jax.random.key(0), x,
+                                                     deterministic=True))["params"]
+  shapes = _SHAPES[key]
+
+  def draw(path, s):
+    if path[-1].key == "kernel":
+      fan_in = int(np.prod(s.shape[:-1]))
+      return (rng.normal(size=s.shape) / np.sqrt(fan_in)).astype(s.dtype)
+    return np.zeros(s.shape, s.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _with(params, log_alphas=None, seed=None):
+  """Copies params with some log_alphas replaced and, given a seed, random biases."""
+  rng = None if seed is None else np.random.default_rng(seed)
+  out = {}
+  for name, layer in params.items():
+    layer = dict(layer)
+    if log_alphas and name in log_alphas:
+      layer["log_alpha"] = np.asarray(log_alphas[name], np.float32).reshape(
+          layer["log_alpha"].shape)
+    if rng is not None:
+      layer["bias"] = rng.normal(size=layer["bias"].shape).astype(np.float32)
+    out[name] = layer
+  return out
+
+
+def _mixed(params, seed):
+  """log_alphas: a third closed, a third open, a third fractional (where the two
+  test-time modes also disagree on open / closed), and random biases."""
+  rng = np.random.default_rng(seed)
+  alphas = {}
+  for name, layer in params.items():
+    shape = layer["log_alpha"].shape
+    bucket = rng.integers(0, 3, size=shape)
+    frac = rng.uniform(-2.3, 1.5, size=shape)
+    alphas[name] = np.where(bucket == 0, CLOSED, np.where(bucket == 1, OPEN, frac))
+  return _with(params, alphas, seed + 1000)
+
+
+def _apply(model, params, x):
+  """Jitted apply: one XLA compile per model instead of one per primitive and shape."""
+  return jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x)
+
+
+def _assert_equal_outputs(model, params, x=X28):
+  # Jitted: one XLA compile per model instead of one per primitive and shape.
+  want = jax.jit(lambda p, x: model.apply({"params": p}, x, deterministic=True))(
+      params, x)
+  small, small_params = purge.purge(model, params)
+  got = _apply(small, small_params, x)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  return small, small_params, got
+
+
+# ---------------------------------------------------------------------------- equality
+
+@pytest.mark.parametrize("test_gate", ["median", "eq13"])
+@pytest.mark.parametrize("base", [SMALL_MLP, SMALL_LENET], ids=["mlp", "lenet"])
+def test_purged_equals_gated_test_time_output(base, test_gate):
+  model = base.clone(test_gate=test_gate)
+  params = _mixed(_init(model, X28), 1)
+  g = np.asarray(gates.deterministic_gate(
+      np.concatenate([l["log_alpha"] for l in params.values()]), test_gate))
+  assert ((g > 0) & (g < 1)).any()  # fractional gates exist
+  small, small_params, _ = _assert_equal_outputs(model, params)
+  full = sum(v.size for v in jax.tree.leaves(_init(model.clone(gated=False), X28)))
+  assert sum(v.size for v in jax.tree.leaves(small_params)) < full
+  assert all(op.kind in purge.OP_KINDS for op in small.ops)
+
+
+def test_test_gate_defaults_to_the_models_and_can_be_overridden():
+  params = _mixed(_init(SMALL_MLP, X28), 2)
+  median = purge.counts(SMALL_MLP, params)["architecture"]
+  eq13 = purge.counts(SMALL_MLP.clone(test_gate="eq13"), params)["architecture"]
+  assert median != eq13  # the fractional range in _mixed makes them disagree
+  assert purge.counts(SMALL_MLP, params, test_gate="eq13")["architecture"] == eq13
+  # A {"params": ...} variables dict works too.
+  assert purge.counts(SMALL_MLP, {"params": params})["architecture"] == median
+  with pytest.raises(ValueError, match="unknown test-time gate mode"):
+    purge.purge(SMALL_MLP, params, test_gate="mean")
+
+
+def test_every_gate_open_keeps_the_full_model():
+  for model in (SMALL_MLP, SMALL_LENET):
+    params = _init(model, X28)
+    params = _with(params, {n: np.full(l["log_alpha"].shape, OPEN)
+                            for n, l in params.items()}, 3)
+    small, small_params, _ = _assert_equal_outputs(model, params)
+    assert not any(op.kind == "select" for op in small.ops)
+    assert jax.tree.map(jnp.shape, small_params) == jax.tree.map(
+        jnp.shape, {n: {"kernel": l["kernel"], "bias": l["bias"]}
+                    for n, l in params.items()})
+
+
+def test_one_unit_left_in_a_layer():
+  params = _init(SMALL_MLP, X28)
+  one = np.full(16, CLOSED)
+  one[5] = 0.3  # one fractional gate left on fc2's inputs
+  params = _with(params, {"fc2": one}, 4)
+  small, small_params, _ = _assert_equal_outputs(SMALL_MLP, params)
+  assert small_params["fc1"]["kernel"].shape == (784, 1)
+  assert small_params["fc2"]["kernel"].shape == (1, 8)
+
+  params = _init(SMALL_LENET, X28)
+  conv2 = np.full(6, CLOSED)
+  conv2[2] = 0.7
+  params = _with(params, {"conv2": conv2}, 5)
+  small, small_params, _ = _assert_equal_outputs(SMALL_LENET, params)
+  assert small_params["conv2"]["kernel"].shape == (5, 5, 4, 1)
+  assert small_params["fc1"]["kernel"].shape == (16, 12)  # 4x4 positions x 1 channel
+
+
+@pytest.mark.parametrize("base,layer,widths", [
+    (SMALL_MLP, "fc2", "0-0-8"),         # fc1 feeds nothing, so needs no inputs
+    (SMALL_MLP, "fc1", "0-16-8"),
+    (SMALL_LENET, "conv1", "0-6-96-12"),  # conv2 outputs its gated bias
+    (SMALL_LENET, "fc1", "0-0-0-12"),
+])
+def test_all_units_closed_gives_the_constant_bias_path(base, layer, widths, tmp_path):
+  """A layer with every gate closed: zero-width layers, constant output, no crash."""
+  params = _init(base, X28)
+  params = _with(params, {layer: np.full(params[layer]["log_alpha"].shape, CLOSED)},
+                 6)
+  small, small_params, out = _assert_equal_outputs(base, params)
+  np.testing.assert_allclose(out, jnp.broadcast_to(out[:1], out.shape), atol=1e-6)
+  assert np.std(np.asarray(out[0])) > 0  # the constant is the (random) bias path
+  assert purge.counts(base, params, input_shape=(28, 28, 1))["architecture"] == widths
+  # Zero-width layers survive export.
+  loaded, loaded_params = purge.load(purge.save(tmp_path / "m", small, small_params))
+  np.testing.assert_array_equal(_apply(loaded, loaded_params, X28), out)
+
+
+def test_unstructured_gates_fold_without_compaction():
+  model = MLP(features=(16, 8), unstructured=True)
+  params = _mixed(_init(model, X28), 8)
+  small, small_params, _ = _assert_equal_outputs(model, params)
+  assert [small_params[n]["kernel"].shape for n in ("fc1", "fc2", "fc3")] == [
+      (784, 16), (16, 8), (8, 10)]
+  c = purge.counts(model, params)
+  open_weights = int((gates.deterministic_gate(np.concatenate(
+      [l["log_alpha"].ravel() for l in params.values()])) > 0).sum())
+  assert c["purged_macs"] == c["test_time_macs"] == open_weights
+  assert c["architecture"] == "784-16-8"
+
+
+def test_plain_model_purges_to_itself():
+  model = SMALL_LENET.clone(gated=False)
+  params = _init(model, X28)
+  small, small_params = purge.purge(model, params)
+  np.testing.assert_allclose(_apply(small, small_params, X28),
+                             _apply(model, params, X28), atol=1e-6)
+  c = purge.counts(model, params, input_shape=(28, 28, 1))
+  assert c["purged_params"] == c["dense_params"] and c["purged_density"] == 1.0
+
+
+# ---------------------------------------------------------------------------- counts
+
+def test_counts_mlp_by_hand():
+  model = MLP(features=(4, 3), num_classes=2)
+  params = _init(model, jnp.ones((1, 5)))
+  o, c = OPEN, CLOSED
+  params = _with(params, {"fc1": [o, o, c, o, c], "fc2": [o, c, o, o],
+                          "fc3": [o, o, c]})
+  got = purge.counts(model, params)
+  # fc1 keeps 3 inputs; its column 1 dies (fc2 input 1 closed), fc2's column 2 dies.
+  assert got["architecture"] == "3-3-2"
+  want = {"dense_params": 20 + 4 + 12 + 3 + 6 + 2, "dense_macs": 20 + 12 + 6,
+          "dense_sparsifiable": 38,
+          "test_time_params": 3 * 4 + 3 * 3 + 2 * 2 + 4 + 3 + 2,
+          "test_time_macs": 12 + 9 + 4,
+          "purged_params": 3 * 3 + 3 + 3 * 2 + 2 + 2 * 2 + 2,
+          "purged_macs": 9 + 6 + 4}
+  assert {k: got[k] for k in want} == want
+  assert got["test_time_density"] == pytest.approx(25 / 38)
+  assert got["purged_density"] == pytest.approx(19 / 38)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5)), jnp.float32)
+  small, small_params, _ = _assert_equal_outputs(model, params, x)
+  assert small_params["fc1"]["kernel"].shape == (3, 3)
+
+
+def test_counts_lenet_by_hand():
+  model = LeNet5Caffe(conv_features=(2, 3), dense_features=4, num_classes=2)
+  x = jnp.asarray(np.random.default_rng(9).uniform(size=(2, 20, 20, 1)),
+                  jnp.float32)  # -> 16 -> 8 -> 4 -> 2x2x3
+  params = _init(model, x)
+  o, c = OPEN, CLOSED
+  # fc1 input (h*2 + w)*3 + ch. Channel 0 rows 0,3,6,9: open, closed, open, open;
+  # channel 1 rows all closed (so conv2 drops channel 1); channel 2 rows open but the
+  # channel is closed (so they die).
+  fc1 = [o, c, o, c, c, o, o, c, o, o, c, o]
+  params = _with(params, {"conv1": [o, c], "conv2": [o, o, c], "fc1": fc1,
+                          "fc2": [o, o, o, c]}, 10)
+  got = purge.counts(model, params, input_shape=(20, 20, 1))
+  assert got["architecture"] == "1-1-3-3"
+  want = {
+      "dense_params": (50 + 2) + (150 + 3) + (48 + 4) + (8 + 2),
+      "dense_macs": 16 * 16 * 50 + 4 * 4 * 150 + 48 + 8,
+      "dense_sparsifiable": 52 + 153 + 48 + 8,
+      "test_time_params": (25 + 1) + (100 + 2) + (7 * 4 + 4) + (3 * 2 + 2),
+      "test_time_macs": 256 * 25 + 16 * 100 + 28 + 6,
+      "purged_params": (25 + 1) + (25 + 1) + (3 * 3 + 3) + (3 * 2 + 2),
+      "purged_macs": 256 * 25 + 16 * 25 + 9 + 6,
+  }
+  assert {k: got[k] for k in want} == want
+  assert got["test_time_density"] == pytest.approx(162 / 261)
+  assert got["purged_density"] == pytest.approx(67 / 261)
+  small, small_params, _ = _assert_equal_outputs(model, params, x)
+  assert [op.indices for op in small.ops if op.kind == "select"] == [(0, 2, 3)]
+  assert small_params["fc1"]["kernel"].shape == (3, 3)
+  with pytest.raises(ValueError, match="input_shape"):
+    purge.counts(model, params)
+
+
+def test_test_time_density_matches_density_report():
+  for model in (SMALL_MLP, SMALL_LENET):
+    params = _mixed(_init(model, X28), 11)
+    got = purge.counts(model, params, input_shape=(28, 28, 1))
+    want = jax.jit(density.density_report, static_argnums=1)(
+        params, "median").model_test_time
+    assert got["test_time_density"] == pytest.approx(float(want), rel=1e-6)
+    assert got["purged_density"] <= got["test_time_density"]
+
+
+def test_architecture_strings_of_the_full_size_models():
+  x = jnp.ones((1, 28, 28, 1))
+  mlp = MLP()
+  params = _init(mlp, x)
+  fc1 = np.full(784, CLOSED)
+  fc1[np.arange(198) * 3] = OPEN
+  fc2 = np.full(300, OPEN)
+  fc2[:67] = CLOSED
+  assert purge.counts(mlp, _with(params, {"fc1": fc1, "fc2": fc2,
+                                          "fc3": np.full(100, OPEN)})
+                      )["architecture"] == "198-233-100"
+
+  lenet = LeNet5Caffe()
+  params = _init(lenet, x)
+  all_open = {n: np.full(l["log_alpha"].shape, OPEN) for n, l in params.items()}
+  got = purge.counts(lenet, _with(params, all_open), input_shape=(28, 28, 1))
+  assert got["architecture"] == "20-50-800-500"
+  assert got["dense_macs"] == (24 * 24 * 25 * 20 + 8 * 8 * 25 * 20 * 50
+                               + 800 * 500 + 500 * 10)
+  conv2 = np.full(50, OPEN)
+  conv2[7] = CLOSED  # removes its 4x4 = 16 rows of fc1
+  small, small_params = purge.purge(lenet, _with(params, dict(all_open, conv2=conv2)))
+  assert small_params["fc1"]["kernel"].shape == (784, 500)
+  assert purge.counts(lenet, _with(params, dict(all_open, conv2=conv2)),
+                      input_shape=(28, 28, 1))["architecture"] == "20-49-784-500"
+
+
+def test_cascade_density_equals_purged_density_for_binary_gates():
+  for model in (SMALL_MLP, SMALL_LENET):
+    params = _init(model, X28)
+    rng = np.random.default_rng(12)
+    alphas = {}
+    for name, layer in params.items():
+      bits = rng.uniform(size=layer["log_alpha"].shape) < 0.6
+      bits[0] = True  # no layer closes completely
+      alphas[name] = np.where(bits, OPEN, CLOSED)
+    params = _with(params, alphas)
+    purged = purge.counts(model, params, input_shape=(28, 28, 1))["purged_density"]
+    cascade = jax.jit(density.cascade_expected_density)(params)
+    assert float(cascade) == pytest.approx(purged, abs=1e-5)
+    assert purged < float(jax.jit(density.expected_density)(params))
+
+
+# ---------------------------------------------------------------------------- export
+
+def test_save_load_round_trip(tmp_path):
+  params = _mixed(_init(SMALL_LENET, X28), 13)
+  small, small_params = purge.purge(SMALL_LENET, params)
+  before = _apply(small, small_params, X28)
+  path = purge.save(tmp_path / "lenet", small, small_params)
+  loaded, loaded_params = purge.load(path)
+  assert loaded == small
+  np.testing.assert_array_equal(_apply(loaded, loaded_params, X28), before)
+  # The spec is plain JSON that rebuilds the model.
+  with open(tmp_path / "lenet" / purge.SPEC_FILE) as f:
+    assert purge.PurgedModel.from_spec(json.load(f)) == small
+  assert purge.PurgedModel.from_spec(json.loads(json.dumps(small.spec()))) == small
+
+
+def test_save_refuses_an_existing_path(tmp_path):
+  model = MLP(features=(4,), num_classes=3)
+  params = _init(model, jnp.ones((1, 6)))
+  small, small_params = purge.purge(model, params)
+  path = tmp_path / "m"
+  purge.save(path, small.spec(), small_params)
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    purge.save(path, small, small_params)
+  other = jax.tree.map(lambda a: a + 1.0, small_params)
+  purge.save(path, small, other, overwrite=True)
+  _, loaded = purge.load(path)
+  np.testing.assert_array_equal(loaded["fc1"]["kernel"], other["fc1"]["kernel"])
+
+
+def test_bad_inputs_raise_clearly():
+  with pytest.raises(NotImplementedError, match="register_architecture"):
+    purge.architecture_ops(purge.PurgedModel(ops=()))
+  with pytest.raises(ValueError, match="unknown op kind"):
+    purge.PurgedModel.from_spec([{"kind": "softmax"}])
+  with pytest.raises(ValueError, match="no layer 'fc3'"):
+    purge.purge(SMALL_MLP, {k: v for k, v in _init(SMALL_MLP, X28).items()
+                            if k != "fc3"})
