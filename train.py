@@ -1,7 +1,8 @@
 """Train a gated model: python train.py --config=configs/fashion_mnist_mlp.py --workdir=/tmp/run
 
 Any config field can be changed with --config.FIELD=VALUE. Running the same command
-again resumes from the latest checkpoint in --workdir.
+again resumes from the latest checkpoint in --workdir. On several hosts, every host runs
+the same command (see l0jax/distributed.py and the README's "Multi-host" section).
 """
 
 import sys
@@ -9,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from l0jax import train_lib
+from l0jax import distributed, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -22,10 +23,17 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
+    distributed.initialize(_CONFIG.value)  # before anything touches a device
     train_lib.validate_config(_CONFIG.value)
-  except train_lib.ConfigError as e:
+  except (train_lib.ConfigError, distributed.DistributedError) as e:
     sys.exit(f"error: {e}")
-  train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with distributed.stop_all_on_error():  # multi-process: a failing process ends at once
+    try:
+      train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except distributed.Preempted as e:  # every process saved the same step
+      distributed.shutdown()
+      sys.exit(str(e))
+  distributed.shutdown()
 
 
 if __name__ == "__main__":

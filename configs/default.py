@@ -33,6 +33,7 @@ def get_config():
   config.constraint = "model"             # "model" (one constraint) | "layerwise" (one per gated layer)
   config.target_density = 0.33            # in (0, 1]; with "layerwise", the target of every layer
   config.layer_targets = ()               # "layerwise" only: one target per gated layer, e.g. "(0.5, 0.3, 0.8)"
+  config.density_mode = "independent"     # "independent" (the papers') | "cascade" (what purging keeps)
   config.penalty = 0.0                    # penalized: loss + penalty * expected density (per constraint)
   config.formulation = "lagrangian"       # "lagrangian" | "augmented_lagrangian"
   config.penalty_coefficient = 0.0        # augmented Lagrangian c > 0
@@ -42,6 +43,7 @@ def get_config():
   # Optimisers --------------------------------------------------------------------------
   config.optimizer = "adam"               # weights: "adam" | "sgd" | "momentum"
   config.learning_rate = 7e-4
+  config.lr_schedule = "constant"         # weights: "constant" | "cosine" (decay to 0 over the run)
   config.momentum = 0.9                   # for "momentum"
   config.gate_optimizer = "adam"          # log_alpha: "adam" | "sgd" | "momentum"
   config.gate_learning_rate = 7e-4
@@ -61,4 +63,50 @@ def get_config():
   config.parallel = "pmap"                # "pmap" | "shard_map"
   config.progress_bar = True
   config.tensorboard = True
+
+  # Distributed (multi-host: one process per host, same command; see l0jax/distributed.py)
+  config.distributed = "auto"             # "auto" (join if env says so) | "on" | "off"
+  config.coordinator_address = ""         # "host:port" of process 0; "" -> $JAX_COORDINATOR_ADDRESS or auto-detect
+  config.num_processes = -1               # -1 -> $JAX_NUM_PROCESSES or auto-detect (TPU, Slurm, Open MPI)
+  config.process_id = -1                  # -1 -> $JAX_PROCESS_ID or auto-detect
+  config.cluster_detection_method = ""    # "" -> JAX's order; e.g. "mpi4py" for other MPI launchers
+  config.distributed_init_timeout_s = 300       # give up unless every process connected by then
+  config.distributed_heartbeat_timeout_s = 100  # a process silent this long is dead: all stop
+  return config
+
+
+def runlocal(config):
+  """big_vision's idea: the same code path, small enough for a laptop CPU in a minute."""
+  if config.model == "lenet5":
+    config.lenet_conv_features = (10, 20)
+    config.lenet_dense_features = 100
+    steps = 300
+  else:
+    steps = 600
+  config.num_train_steps = steps
+  config.eval_every_steps = steps // 2
+  config.checkpoint_every_steps = steps // 2
+  config.log_every_steps = 50
+  return config
+
+
+def paper_settings(config):
+  """Gallego-Posada et al. (2022), MNIST: primal Adam 7e-4 (weights and gates), dual SGD
+  1e-4, batch 100, dual restarts on."""
+  config.optimizer = config.gate_optimizer = "adam"
+  config.learning_rate = config.gate_learning_rate = 7e-4
+  config.dual_optimizer = "sgd"
+  config.dual_learning_rate = 1e-4
+  config.batch_size = 100
+  config.dual_restarts = True
+  config.num_epochs = 200
+  return config
+
+
+def variant(config, arg):
+  """Applies a config-file argument (``configs/X.py:runlocal``)."""
+  if arg == "runlocal":
+    return runlocal(config)
+  if arg:
+    raise ValueError(f"unknown config argument {arg!r}; allowed: 'runlocal'")
   return config

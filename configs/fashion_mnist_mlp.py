@@ -2,6 +2,8 @@
 
     python train.py --config=configs/fashion_mnist_mlp.py --workdir=/tmp/fmnist_mlp
     python train.py --config=configs/fashion_mnist_mlp.py:runlocal --workdir=/tmp/quick
+
+Gates need a larger learning rate than the weights to reach the target within 10 epochs.
 """
 
 from configs import default
@@ -12,12 +14,6 @@ def get_config(arg=None):
   config.dataset = "fashion_mnist"
   config.model = "mlp"
   config.target_density = 0.33
+  config.gate_learning_rate = 0.05
   config.dual_learning_rate = 1e-2
-  if arg == "runlocal":
-    config.num_train_steps = 600
-    config.eval_every_steps = 300
-    config.checkpoint_every_steps = 300
-    config.log_every_steps = 50
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; allowed: 'runlocal'")
-  return config
+  return default.variant(config, arg)

@@ -9,21 +9,8 @@ from configs import default
 
 
 def get_config(arg=None):
-  config = default.get_config()
+  config = default.paper_settings(default.get_config())
   config.dataset = "mnist"
   config.model = "mlp"
   config.target_density = 0.33
-  config.learning_rate = 7e-4
-  config.gate_learning_rate = 7e-4
-  config.dual_learning_rate = 1e-4
-  config.batch_size = 100
-  config.dual_restarts = True
-  config.num_epochs = 200
-  if arg == "runlocal":
-    config.num_train_steps = 600
-    config.eval_every_steps = 300
-    config.checkpoint_every_steps = 300
-    config.log_every_steps = 50
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; allowed: 'runlocal'")
-  return config
+  return default.variant(config, arg)

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from l0jax import constrained, density, input_pipeline
+from l0jax import constrained, density, distributed, input_pipeline
 from l0jax.models import MLP, LeNet5Caffe
 
 AXIS = "batch"
@@ -49,6 +49,7 @@ OPTIMIZERS = ("adam", "sgd", "momentum")
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 PARALLEL = ("pmap", "shard_map")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian")
+DENSITY_MODES = ("independent", "cascade")
 
 
 class ConfigError(ValueError):
@@ -120,6 +121,8 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
   _choice(config, "gate_optimizer", OPTIMIZERS)
   _choice(config, "dual_optimizer", DUAL_OPTIMIZERS)
   _choice(config, "parallel", PARALLEL)
+  _choice(config, "lr_schedule", ("constant", "cosine"))
+  _choice(config, "density_mode", DENSITY_MODES)
   for field in ("learning_rate", "gate_learning_rate", "dual_learning_rate", "momentum",
                 "penalty", "nupi_kp"):
     value = config[field]
@@ -166,10 +169,20 @@ def _optax(name: str, learning_rate: float, momentum: float):
   return optax.sgd(learning_rate, momentum=momentum if name == "momentum" else None)
 
 
-def make_primal_optimizer(config) -> optax.GradientTransformation:
-  """Separate optimisers for weights and gate parameters (``log_alpha``)."""
+def make_primal_optimizer(config,
+                          total_steps: Optional[int] = None) -> optax.GradientTransformation:
+  """Separate optimisers for weights and gate parameters (``log_alpha``).
+
+  ``config.lr_schedule = "cosine"`` decays the weights' learning rate to 0 over
+  ``total_steps``; the gates keep theirs, so they can follow the multipliers to the end.
+  """
+  weights_lr = config.learning_rate
+  if config.lr_schedule == "cosine":
+    if total_steps is None:
+      raise ValueError("lr_schedule='cosine' needs the run's total_steps")
+    weights_lr = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1))
   return constrained.primal_optimizer(
-      _optax(config.optimizer, config.learning_rate, config.momentum),
+      _optax(config.optimizer, weights_lr, config.momentum),
       _optax(config.gate_optimizer, config.gate_learning_rate, config.momentum))
 
 
@@ -195,13 +208,22 @@ def make_dual_optimizer(config, problem):
 
 
 def constraint_fn(config) -> Callable:
-  """params -> vector of constraint values (model-wise or per-layer expected density)."""
+  """params -> vector of constraint values (model-wise or per-layer expected density).
+
+  ``density_mode="independent"`` is the papers' expected L0 of each layer's own gates;
+  ``"cascade"`` also counts what a closed gate makes dead in the neighbouring layers
+  (``density.cascade_layer_densities``), i.e. the size purging deploys.
+  """
   if not config.gated:
     return lambda params: jnp.zeros((0,), jnp.float32)
+  cascade = config.density_mode == "cascade"
   if config.constraint == "model":
-    return lambda params: density.expected_density(params)[None]
-  return lambda params: jnp.stack(
-      list(density.layer_expected_densities(params).values()))
+    model_density = (density.cascade_expected_density if cascade
+                     else density.expected_density)
+    return lambda params: model_density(params)[None]
+  layer_densities = (density.cascade_layer_densities if cascade
+                     else density.layer_expected_densities)
+  return lambda params: jnp.stack(list(layer_densities(params).values()))
 
 
 class Task(NamedTuple):
@@ -214,11 +236,12 @@ class Task(NamedTuple):
   layer_names: tuple
 
 
-def make_task(config) -> Task:
+def make_task(config, total_steps: Optional[int] = None) -> Task:
+  """The run's model, problem and optimisers (``total_steps`` for lr schedules)."""
   model = build_model(config)
   names = tuple(density.gated_layers(abstract_params(config))) if config.gated else ()
   problem = make_problem(config, len(names))
-  return Task(model, problem, make_primal_optimizer(config),
+  return Task(model, problem, make_primal_optimizer(config, total_steps),
               make_dual_optimizer(config, problem), constraint_fn(config), names)
 
 
@@ -376,6 +399,25 @@ def make_eval_step(config, task: Task, mesh: Mesh) -> Callable:
   return parallelize(body, config, mesh, donate=False)
 
 
+_STEP_FUNCTIONS: Dict[tuple, tuple] = {}
+
+
+def step_functions(config, mesh: Mesh, total_steps: Optional[int]):
+  """``(task, train_step, eval_step)``, cached by config, schedule length and devices.
+
+  A process that runs the same config again (a resumed run, an evaluation after
+  training, a penalty bisection, the tests) reuses the compiled steps.
+  """
+  key = (config.to_json(), total_steps, tuple(d.id for d in mesh.devices.flat))
+  if key not in _STEP_FUNCTIONS:
+    if len(_STEP_FUNCTIONS) >= 8:
+      _STEP_FUNCTIONS.pop(next(iter(_STEP_FUNCTIONS)))
+    task = make_task(config, total_steps)
+    _STEP_FUNCTIONS[key] = (task, make_train_step(config, task, mesh),
+                            make_eval_step(config, task, mesh))
+  return _STEP_FUNCTIONS[key]
+
+
 # ======================================================================================
 # Data
 # ======================================================================================
@@ -387,6 +429,12 @@ def data_dir(config) -> str:
 def load_source(config, split: str):
   return input_pipeline.load_split(config.dataset, split, data_dir=data_dir(config),
                                    idx_dir=config.idx_dir or None)
+
+
+def _cache_whole_split() -> bool:
+  """One process decodes a whole split into memory; with several, each reads only its
+  own records of every batch (the global batches are the same either way)."""
+  return jax.process_count() == 1
 
 
 def num_train_steps(config, num_examples: int) -> int:
@@ -401,7 +449,7 @@ def evaluate(params_replicated, eval_step, source, config, mesh) -> Dict[str, fl
   for batch in input_pipeline.eval_iterator(
       source, global_batch_size=config.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      local_device_count=local_device_count(mesh)):
+      local_device_count=local_device_count(mesh), cache=_cache_whole_split()):
     out = eval_step(params_replicated, shard_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = unreplicate(totals)
@@ -577,6 +625,17 @@ def gate_report(params, config) -> Dict[str, Any]:
   }
 
 
+def purge_report(model, params, config) -> Dict[str, Any]:
+  """Size of the compacted model (``l0jax.purge``): params, MACs, density, architecture."""
+  if not config.gated:
+    return {}
+  from l0jax import purge  # pylint: disable=g-import-not-at-top
+  c = purge.counts(model, params, input_shape=input_pipeline.IMAGE_SHAPE)
+  keys = ("dense_macs", "test_time_macs", "purged_params", "purged_macs",
+          "purged_density", "architecture")
+  return {k: c[k] for k in keys}
+
+
 def format_summary(summary: Dict[str, Any]) -> str:
   lines = ["", "  result              value", "  ------------------  ------------------"]
   lines.append(f"  test error          {100 * summary['test_error']:.2f}%")
@@ -585,6 +644,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
     lines.append(f"  test-time density   {100 * summary['test_time_density']:.2f}%")
     lines.append(f"  params kept         {summary['n_params_kept']} / "
                  f"{summary['n_params_dense']}")
+    if "purged_density" in summary:
+      lines.append(f"  purged density      {100 * summary['purged_density']:.2f}% "
+                   f"(architecture {summary['architecture']})")
     lines.append("  kept units          " + ", ".join(
         f"{k}: {summary['kept_units'][k]}/{summary['total_units'][k]}"
         for k in summary["kept_units"]))
@@ -608,7 +670,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   mesh = make_mesh(devices)
   validate_config(config, mesh.size)
-  task = make_task(config)
   workdir = os.path.abspath(workdir)
 
   train_source = load_source(config, config.train_split)
@@ -617,6 +678,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = len(train_source) // config.batch_size
   eval_every = (steps_per_epoch if config.eval_every_steps < 0
                 else config.eval_every_steps)
+  task, train_step, eval_step = step_functions(config, mesh, total_steps)
 
   host_state = init_state(config, task)
   manager = checkpoint_manager(workdir, config)
@@ -626,12 +688,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step = int(host_state.step)
   state = replicate(host_state, mesh)
 
-  train_step = make_train_step(config, task, mesh)
-  eval_step = make_eval_step(config, task, mesh)
   batches = input_pipeline.train_iterator(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count(), local_device_count=local_device_count(mesh))
+      process_count=jax.process_count(), local_device_count=local_device_count(mesh),
+      cache=_cache_whole_split())
   log = MetricsLog(workdir, start_step, config.tensorboard)
   is_main = jax.process_index() == 0
   bar = _progress(total_steps, start_step, config.progress_bar and is_main)
@@ -662,6 +723,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     if k in report}})
     if step % config.checkpoint_every_steps == 0 or step == total_steps:
       manager.save(step, args=_save_args(unreplicate(state)))
+    if distributed.reached_preemption_sync_point(step):  # SIGTERM, multi-process
+      if step % config.checkpoint_every_steps and step != total_steps:  # not saved yet
+        manager.save(step, args=_save_args(unreplicate(state)))
+      manager.wait_until_finished()
+      bar.close()
+      log.close()
+      raise distributed.Preempted(
+          f"preempted at step {step}: saved a checkpoint of step {step} in {workdir}; "
+          "run the same command again to resume")
   manager.wait_until_finished()
   bar.close()
   log.close()
@@ -685,21 +755,47 @@ def _save_args(host_state: TrainState):
   return ocp.args.StandardSave(_drop_empty(host_state))
 
 
+def _total_steps(config) -> int:
+  return num_train_steps(config, len(load_source(config, config.train_split)))
+
+
+def restore_for_eval(config, workdir: str):
+  """``(task, state)`` of the latest checkpoint in ``workdir`` (host arrays)."""
+  task = make_task(config, _total_steps(config))
+  state = restore_latest(checkpoint_manager(workdir, config), init_state(config, task))
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
+                            "run train.py with this --workdir first")
+  return task, state
+
+
+def export_purged(config, workdir: str, path: str, overwrite: bool = False) -> str:
+  """Saves the purged (compacted, plain Flax) model of the latest checkpoint to ``path``.
+
+  ``l0jax.purge.load(path)`` returns ``(model, params)``. An existing ``path`` is only
+  replaced with ``overwrite=True``.
+  """
+  from l0jax import purge  # pylint: disable=g-import-not-at-top
+  if not config.gated:
+    raise ValueError("config.gated=False: a dense model has nothing to purge")
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+  task, state = restore_for_eval(config, workdir)
+  purged_model, purged_params = purge.purge(task.model, state.params)
+  return purge.save(path, purged_model, purged_params, overwrite=overwrite)
+
+
 def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
   """Restores the latest checkpoint of ``workdir`` and evaluates it on the eval split."""
   mesh = make_mesh(devices)
   validate_config(config, mesh.size)
-  task = make_task(config)
-  manager = checkpoint_manager(workdir, config)
-  state = restore_latest(manager, init_state(config, task))
-  if state is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
-                            "run train.py with this --workdir first")
+  task, state = restore_for_eval(config, workdir)
   params = replicate(state.params, mesh)
-  eval_step = make_eval_step(config, task, mesh)
+  _, _, eval_step = step_functions(config, mesh, _total_steps(config))
   result = evaluate(params, eval_step, load_source(config, config.eval_split), config,
                     mesh)
   return {"step": int(state.step), **result, **gate_report(state.params, config),
+          **purge_report(task.model, state.params, config),
           "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],
           "targets": list(task.problem.targets) if config.method == "constrained" else [],
           "layer_names": list(task.layer_names)}

@@ -38,7 +38,7 @@ def small_config(fake_dataset, **overrides):
 def run_steps(config, devices, num_steps=2):
   """``num_steps`` train steps on ``devices`` from the config's seed; returns (state, metrics)."""
   mesh = train_lib.make_mesh(devices)
-  task = train_lib.make_task(config)
+  task = train_lib.make_task(config, 100)
   state = train_lib.replicate(train_lib.init_state(config, task), mesh)
   step = train_lib.make_train_step(config, task, mesh)
   source = train_lib.load_source(config, "train")
@@ -87,7 +87,7 @@ def test_replicas_identical_across_devices(fake_dataset):
 @pytest.mark.parametrize("per_example", [True, False])
 def test_gate_noise_differs_across_devices(fake_dataset, per_example):
   config = small_config(fake_dataset, sample_per_example=per_example)
-  task = train_lib.make_task(config)
+  task = train_lib.make_task(config, 100)
   params = train_lib.init_state(config, task).params
   mesh = train_lib.make_mesh(jax.devices()[:4])
   images = jnp.ones((4, 5, 28, 28, 1))  # the same examples on every device
@@ -106,7 +106,7 @@ def test_gate_noise_differs_across_devices(fake_dataset, per_example):
 
 
 def _final_checkpoint(config, workdir, devices):
-  task = train_lib.make_task(config)
+  task = train_lib.make_task(config, 100)
   manager = train_lib.checkpoint_manager(workdir, config)
   return train_lib.restore_latest(manager, train_lib.init_state(config, task))
 
@@ -178,7 +178,7 @@ def test_layerwise_target_list_length(fake_dataset):
   config = small_config(fake_dataset, constraint="layerwise")
   config.layer_targets = (0.3, 0.4, 0.5)
   train_lib.validate_config(config, 4)  # three gated layers: fine
-  assert train_lib.make_task(config).problem.targets == (0.3, 0.4, 0.5)
+  assert train_lib.make_task(config, 100).problem.targets == (0.3, 0.4, 0.5)
   config.layer_targets = (0.3, 0.4)
   with pytest.raises(train_lib.ConfigError, match="one target per gated layer"):
     train_lib.validate_config(config, 4)
@@ -218,7 +218,8 @@ def test_end_to_end_hits_target_and_eval_writes_everything(fake_dataset, tmp_pat
       [sys.executable, "eval.py", "--config=configs/fashion_mnist_mlp.py:runlocal",
        f"--workdir={tmp_path}", f"--config.idx_dir={config.idx_dir}",
        f"--config.data_dir={config.data_dir}", "--config.mlp_features=(32, 16)",
-       "--config.batch_size=20", "--config.target_density=0.5"],
+       "--config.batch_size=20", "--config.target_density=0.5",
+       f"--export={tmp_path / 'purged'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads((tmp_path / "eval.json").read_text())
@@ -229,6 +230,21 @@ def test_end_to_end_hits_target_and_eval_writes_everything(fake_dataset, tmp_pat
   assert result["n_params_kept"] < result["n_params_dense"]
   for name in ("density.png", "kept_units.png", "test_error.png"):
     assert (tmp_path / name).stat().st_size > 1000
+  for key in ("purged_params", "purged_macs", "purged_density", "architecture"):
+    assert key in result
+  assert result["purged_density"] <= result["test_time_density"] + 1e-6
+  assert result["architecture"] == "-".join(
+      str(result["kept_units"][k]) for k in ("fc1", "fc2", "fc3")) or \
+      result["purged_density"] < result["test_time_density"]
+
+  # The exported purged model computes what the gated model computes at test time.
+  from l0jax import purge
+  purged_model, purged_params = purge.load(str(tmp_path / "purged"))
+  task, state = train_lib.restore_for_eval(config, str(tmp_path))
+  x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+  np.testing.assert_allclose(
+      purged_model.apply({"params": purged_params}, x),
+      task.model.apply({"params": state.params}, x, deterministic=True), atol=1e-5)
 
 
 def test_dense_baseline_trains_without_constraints(fake_dataset, tmp_path):
@@ -237,3 +253,21 @@ def test_dense_baseline_trains_without_constraints(fake_dataset, tmp_path):
       jax.devices()[:1])
   assert summary["multipliers"] == []
   assert summary["n_params_kept"] == summary["n_params_dense"]
+
+
+@pytest.mark.parametrize("constraint", ["model", "layerwise"])
+def test_cascade_density_mode_constrains_the_cascade_density(fake_dataset, constraint):
+  from l0jax import density
+  config = small_config(fake_dataset, density_mode="cascade", constraint=constraint)
+  task = train_lib.make_task(config, 100)
+  params = train_lib.init_state(config, task).params
+  want = (density.cascade_expected_density(params)[None] if constraint == "model"
+          else jnp.stack(list(density.cascade_layer_densities(params).values())))
+  np.testing.assert_allclose(task.constraints(params), want, rtol=1e-6)
+  independent = train_lib.make_task(small_config(fake_dataset, constraint=constraint), 100)
+  cascade, plain = (np.asarray(task.constraints(params)),
+                    np.asarray(independent.constraints(params)))
+  assert np.all(cascade <= plain + 1e-7) and cascade[0] < plain[0]
+  config.density_mode = "deployed"
+  with pytest.raises(train_lib.ConfigError, match="config.density_mode="):
+    train_lib.validate_config(config, 4)
