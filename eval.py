@@ -9,7 +9,7 @@ import os
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from l0jax import distributed, plots, train_lib
@@ -26,13 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  try:
-    distributed.initialize(_CONFIG.value)  # before anything touches a device
-    train_lib.validate_config(_CONFIG.value)
-  except (train_lib.ConfigError, distributed.DistributedError) as e:
-    sys.exit(f"error: {e}")
+  train_lib.start_main(_CONFIG.value)
   workdir = _WORKDIR.value
   if _EXPORT.value and os.path.exists(_EXPORT.value) and not _OVERWRITE.value:
     sys.exit(f"error: --export={_EXPORT.value} exists; pass --overwrite to replace it")

@@ -7,7 +7,7 @@ the same command (see l0jax/distributed.py and the README's "Multi-host" section
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from l0jax import distributed, train_lib
@@ -20,13 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  try:
-    distributed.initialize(_CONFIG.value)  # before anything touches a device
-    train_lib.validate_config(_CONFIG.value)
-  except (train_lib.ConfigError, distributed.DistributedError) as e:
-    sys.exit(f"error: {e}")
+  train_lib.start_main(_CONFIG.value)
   with distributed.stop_all_on_error():  # multi-process: a failing process ends at once
     try:
       train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +158,21 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
   if config.batch_size % devices:
     _fail("batch_size", config.batch_size,
           f"must be divisible by the device count ({devices})")
+
+
+def start_main(config) -> None:
+  """What train.py and eval.py do first: quiet logs, join the processes, check config.
+
+  Exits with one line ``error: ...`` on a bad config value or a failed start-up.
+  """
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    distributed.initialize(config)  # before anything touches a device
+    validate_config(config)
+  except (ConfigError, distributed.DistributedError) as e:
+    sys.exit(f"error: {e}")
 
 
 # ======================================================================================
