@@ -676,11 +676,32 @@ def _to_batch(images: np.ndarray, labels: np.ndarray, devices: int) -> dict[str,
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
   """Infinite (or `num_steps`-long) iterator over this process's training batches.
 
+  Deterministic, resumable and topology-independent: epoch e uses
+  ``epoch_permutation(N, seed, e)``; global step s is global batch
+  ``s % (N // B)`` of epoch ``s // (N // B)`` (remainder dropped); this process
+  reads only its slice ``[h*B/P, (h+1)*B/P)`` of it, reshaped to
+  ``[local_device_count, B / (P * local_device_count), ...]``.
+
   Yields {"image": float32 [D, b, 28, 28, 1] in [0, 1], "label": int32 [D, b]}
   with D = local_device_count, b = global_batch_size / (process_count * D).
   ``step`` is the global step of the next batch to be returned; to resume,
   build a new iterator with ``start_step=step``. ``batch(step)`` gives any
   step's batch directly (random access, no state).
+
+  Args:
+    source: random-access source (``load_split``, ``ArraySource``, or any
+      sequence of {"image", "label"} dicts).
+    global_batch_size: B, summed over all processes and devices.
+    seed: the order's seed (the same on every process).
+    start_step: global step of the first batch (resume).
+    process_index, process_count, local_device_count: this process's place in
+      the topology (``jax.process_index()``, ``jax.process_count()``,
+      ``jax.local_device_count()``).
+    cache: decode the whole source once into memory (fast batches). False
+      reads only this process's records of each batch from the source.
+    num_steps: stop after that many batches (None: never stop).
+    num_threads: > 0 computes batches ahead in that many grain threads (helps
+      the ``cache=False`` path; not needed with ``cache=True``).
   """
 
   def __init__(
@@ -779,53 +800,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     return self
 
 
-def train_iterator(
-    source,
-    *,
-    global_batch_size: int,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    local_device_count: int = 1,
-    cache: bool = True,
-    num_steps: int | None = None,
-    num_threads: int = 0,
-) -> TrainIterator:
-  """Deterministic, resumable, topology-independent training batches.
-
-  Epoch e uses ``epoch_permutation(N, seed, e)``; global step s is global
-  batch ``s % (N // B)`` of epoch ``s // (N // B)`` (remainder dropped); this
-  process reads only its slice ``[h*B/P, (h+1)*B/P)`` of it, reshaped to
-  ``[local_device_count, B / (P * local_device_count), ...]``.
-
-  Args:
-    source: random-access source (``load_split``, ``ArraySource``, or any
-      sequence of {"image", "label"} dicts).
-    global_batch_size: B, summed over all processes and devices.
-    seed: the order's seed (the same on every process).
-    start_step: global step of the first batch (resume).
-    process_index, process_count, local_device_count: this process's place in
-      the topology (``jax.process_index()``, ``jax.process_count()``,
-      ``jax.local_device_count()``).
-    cache: decode the whole source once into memory (fast batches). False
-      reads only this process's records of each batch from the source.
-    num_steps: stop after that many batches (None: never stop).
-    num_threads: > 0 computes batches ahead in that many grain threads (helps
-      the ``cache=False`` path; not needed with ``cache=True``).
-  """
-  return TrainIterator(
-      source,
-      global_batch_size=global_batch_size,
-      seed=seed,
-      start_step=start_step,
-      process_index=process_index,
-      process_count=process_count,
-      local_device_count=local_device_count,
-      cache=cache,
-      num_steps=num_steps,
-      num_threads=num_threads,
-  )
+# The public constructor: ``train_iterator(source, global_batch_size=..., seed=...)``.
+train_iterator = TrainIterator
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
