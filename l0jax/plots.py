@@ -13,6 +13,13 @@ def _pyplot():
   return plt
 
 
+def _save(plt, fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
 def plot_density_and_multipliers(records, targets, layer_names, path) -> str:
   """Expected density (model and per layer) and multipliers vs step, targets dashed."""
   plt = _pyplot()
@@ -36,10 +43,7 @@ def plot_density_and_multipliers(records, targets, layer_names, path) -> str:
   ax_m.set_xlabel("step")
   if n:
     ax_m.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_kept_units(result, path) -> str:
@@ -55,10 +59,7 @@ def plot_kept_units(result, path) -> str:
     ax.text(i, k, f"{k}/{t}", ha="center", va="bottom", fontsize=8)
   ax.set_ylabel("units")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_test_error(records, path) -> str:
@@ -68,10 +69,7 @@ def plot_test_error(records, path) -> str:
   ax.plot([r["step"] for r in evals], [100 * r["test_error"] for r in evals], marker="o")
   ax.set_xlabel("step")
   ax.set_ylabel("test error (%)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def write_all(workdir: str, result: Dict[str, Any], records: List[Dict[str, Any]]):

@@ -714,6 +714,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_log_time, last_log_step = time.perf_counter(), start_step
 
   step = start_step
+  result = report = None  # the evaluation of the latest eval step
   while step < total_steps:
     state, metrics = train_step(state, shard_batch(next(batches), mesh))
     step += 1
@@ -751,9 +752,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   bar.close()
   log.close()
 
-  final_params = unreplicate(state.params)
-  summary = {"step": step, **evaluate(state.params, eval_step, eval_source, config, mesh),
-             **gate_report(final_params, config),
+  if result is None:  # resumed at the end: nothing was trained or evaluated here
+    result = evaluate(state.params, eval_step, eval_source, config, mesh)
+    report = gate_report(unreplicate(state.params), config)
+  # Otherwise the loop ends on an eval step (step == total_steps): reuse it.
+  summary = {"step": step, **result, **report,
              "multipliers": [float(v) for v in unreplicate(state.constrained.multipliers)]}
   if is_main:
     print(format_summary(summary), flush=True)
