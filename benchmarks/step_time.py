@@ -1,18 +1,29 @@
-"""Median ms per training step: constrained L0 models vs the same dense models, one run.
+"""Milliseconds per training step: l0jax's constrained L0 steps vs dense, the FLOP floor.
 
-    python benchmarks/step_time.py                 # MLP and LeNet-5-Caffe, batch 100
-    python benchmarks/step_time.py --models=mlp --steps=200
+    python benchmarks/step_time.py              # MLP and LeNet-5-Caffe, batch 100
+    python benchmarks/step_time.py --compare    # + XLA-op variants, op and noise tables
+    python benchmarks/step_time.py --models=mlp --repeats=11
 
-Prints, measured in this one run on this machine:
-* the trainer's jitted step (the real `train_lib` step under pmap on one device, dual
-  update included) for the L0 model with per-example and per-batch gate noise and for the
-  dense model (plain nn.Dense / nn.Conv, no constraint), and the gate overhead ratio;
-* the input pipeline's examples/s next to the examples/s the L0 step consumes.
-Data are random images (the step's cost does not depend on them); the pipeline is
-measured on a generated in-memory source of Fashion-MNIST's size.
+Everything is measured in this one run on this machine, and the variants are timed in
+turns (round-robin, median of ``--repeats`` rounds) so that a slower or busier moment
+hits all of them alike; compare ratios, not absolute times across runs.
+
+* Steps are the trainer's real jitted step (``train_lib.make_train_step``, pmap on one
+  device, constraint and dual update included) on random images (a step's cost does
+  not depend on the pixels).
+* ``GFLOP/s`` is the step's matrix-multiply FLOPs (dot and convolution FLOPs of the
+  dense model's forward and backward pass, counted from its jaxpr) per second. The
+  floor is those FLOPs at the matmul rate measured here (a 1024^3 and a 2048^3
+  float32 matmul, the faster), i.e. the time of the step if it were only its matmuls
+  at full speed; ``x floor`` is how far above that each step is.
+* ``--compare`` adds the same models with ``ops_method="xla"`` (XLA's convolution and
+  ``reduce_window`` pooling, what a plain Flax model runs), a table of LeNet's ops
+  forward + backward in both forms, and what the per-example gate noise costs.
 """
 
 import argparse
+import functools
+import math
 import os
 import statistics
 import sys
@@ -20,44 +31,203 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
-from l0jax import input_pipeline, train_lib  # noqa: E402
+from l0jax import gates, input_pipeline, layers, ops, train_lib  # noqa: E402
+
+# Median ms per step of the PyTorch reference code on this 2-core CPU, as quoted in
+# issue 7 (torch 2.13, 2 threads); not measured by this script.
+PYTORCH_QUOTED_MS = {"mlp": 3.6, "lenet5": 22.0}
 
 
-def step_config(model: str, gated: bool, per_example: bool = True):
+def step_config(model: str, gated: bool, per_example: bool = True,
+                ops_method: str = "auto"):
   config = default.get_config()
   config.model = model
   config.gated = gated
   config.sample_per_example = per_example
+  config.ops_method = ops_method
   config.target_density = 0.33 if model == "mlp" else 0.10
   config.dual_learning_rate = 1e-2
   return config
 
 
-def time_step(config, steps: int, batch_size: int, repeats: int = 5) -> float:
-  """Median over ``repeats`` of the mean ms per step over ``steps`` steps."""
+def random_batch(batch_size: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.uniform(size=(1, batch_size) + input_pipeline.IMAGE_SHAPE
+                               ).astype(np.float32),
+          "label": rng.integers(0, 10, size=(1, batch_size)).astype(np.int32)}
+
+
+def step_runner(config, batch_size: int):
+  """``run(n)``: n training steps of ``config``, blocking at the end."""
   mesh = train_lib.make_mesh(jax.devices()[:1])
   task = train_lib.make_task(config, 1000)
   state = train_lib.replicate(train_lib.init_state(config, task), mesh)
   step = train_lib.make_train_step(config, task, mesh)
-  rng = np.random.default_rng(0)
-  batch = train_lib.shard_batch({
-      "image": rng.uniform(size=(1, batch_size, 28, 28, 1)).astype(np.float32),
-      "label": rng.integers(0, 10, size=(1, batch_size)).astype(np.int32)}, mesh)
-  for _ in range(3):  # compile and warm up
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
+  batch = train_lib.shard_batch(random_batch(batch_size), mesh)
+  holder = {"state": state}
+
+  def run(n: int):
+    state = holder["state"]
+    for _ in range(n):
       state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - start) / steps * 1e3)
-  return statistics.median(times)
+    holder["state"] = state
+  return run
+
+
+def function_runner(fn, *args):
+  fn = jax.jit(fn)
+
+  def run(n: int):
+    for _ in range(n):
+      out = fn(*args)
+    jax.block_until_ready(out)
+  return run
+
+
+def time_round_robin(runners, steps, repeats: int):
+  """Median ms per call of each runner; runners take turns in every round."""
+  for name, run in runners.items():
+    run(2)  # compile and warm up
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run in runners.items():
+      n = steps[name]
+      start = time.perf_counter()
+      run(n)
+      times[name].append((time.perf_counter() - start) / n * 1e3)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_flops(jaxpr) -> float:
+  """FLOPs of every dot_general and convolution in a (closed) jaxpr, nested included."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      k = math.prod(lhs[d] for d in lhs_contracting)
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
+    elif name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape
+      dims = eqn.params["dimension_numbers"]
+      window = math.prod(rhs[d] for d in dims.rhs_spec[2:])
+      in_per_group = rhs[dims.rhs_spec[1]]
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * window * in_per_group
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      total += matmul_flops(sub)
+  return total
+
+
+def training_flops(model_name: str, batch_size: int) -> float:
+  """Matmul FLOPs of one dense training step (forward and backward, params only)."""
+  config = step_config(model_name, gated=False, ops_method="xla")
+  model = train_lib.build_model(config)
+  params = train_lib.abstract_params(config)
+  batch = random_batch(batch_size)
+
+  def loss(params):
+    logits = model.apply({"params": params}, batch["image"][0])
+    return train_lib.cross_entropy(logits, batch["label"][0])
+  return matmul_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+
+
+def matmul_gflops(repeats: int) -> float:
+  rates = []
+  for n in (1024, 2048):
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    ms = time_round_robin({"mm": function_runner(lambda a: a @ a, a)}, {"mm": 3},
+                          repeats)["mm"]
+    rates.append(2.0 * n ** 3 / (ms * 1e-3) / 1e9)
+  return max(rates)
+
+
+def dispatch_ms(batch_size: int, repeats: int) -> float:
+  """ms per call of a pmapped step that only increments the MLP's state."""
+  config = step_config("mlp", gated=True)
+  mesh = train_lib.make_mesh(jax.devices()[:1])
+  task = train_lib.make_task(config, 1000)
+  state = train_lib.replicate(train_lib.init_state(config, task), mesh)
+  batch = train_lib.shard_batch(random_batch(batch_size), mesh)
+  noop = jax.pmap(lambda s, b: (s._replace(step=s.step + 1), s.step), axis_name="batch",
+                  donate_argnums=(0,), devices=jax.devices()[:1])
+  holder = {"state": state}
+
+  def run(n):
+    state = holder["state"]
+    for _ in range(n):
+      state, out = noop(state, batch)
+    jax.block_until_ready(out)
+    holder["state"] = state
+  return time_round_robin({"noop": run}, {"noop": 200}, repeats)["noop"]
+
+
+def op_table(batch_size: int, repeats: int):
+  """LeNet-5-Caffe's convolutions and pools, forward + backward, in both forms."""
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  conv_dims = ("NHWC", "HWIO", "NHWC")
+  cases = {
+      "conv 5x5 1->20, 28x28 (kernel grad)": (
+          "conv", normal(batch_size, 28, 28, 1), normal(5, 5, 1, 20), (1,)),
+      "conv 5x5 20->50, 12x12": (
+          "conv", normal(batch_size, 12, 12, 20), normal(5, 5, 20, 50), (0, 1)),
+      "relu + max pool 2x2, 24x24x20": ("pool", normal(batch_size, 24, 24, 20)),
+      "relu + max pool 2x2, 8x8x50": ("pool", normal(batch_size, 8, 8, 50)),
+  }
+  runners, labels = {}, []
+  for label, case in cases.items():
+    labels.append(label)
+    for method in ("xla", "matmul"):
+      if case[0] == "conv":
+        _, x, k, argnums = case
+        fn = lambda x, k, m=method: jnp.sum(ops.conv_general_dilated(
+            x, k, (1, 1), "VALID", dimension_numbers=conv_dims, method=m) ** 2)
+        runners[(label, method)] = function_runner(jax.grad(fn, argnums), x, k)
+      else:
+        fn = lambda x, m=method: jnp.sum(ops.max_pool(nn.relu(x), (2, 2),
+                                                      method=m) ** 2)
+        runners[(label, method)] = function_runner(jax.grad(fn), case[1])
+  ms = time_round_robin(runners, {key: 10 for key in runners}, repeats)
+  print("\nLeNet-5-Caffe ops, forward + backward, batch", batch_size)
+  header = f"{'op':38} {'xla ms':>8} {'matmul ms':>10} {'speed-up':>9}"
+  print(header)
+  print("-" * len(header))
+  for label in labels:
+    a, b = ms[(label, "xla")], ms[(label, "matmul")]
+    print(f"{label:38} {a:8.2f} {b:10.2f} {a / b:8.1f}x")
+
+
+def noise_table(batch_size: int, repeats: int):
+  """What the MLP's per-example gate noise costs: drawing it, and the gate transform."""
+  config = step_config("mlp", gated=True)
+  params = train_lib.abstract_params(config)
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(
+      jnp.arange(batch_size))
+  noise = layers.per_example_noise(keys, params)
+  count = sum(x.size for x in jax.tree.leaves(noise))
+  u = jnp.concatenate([x.reshape(batch_size, -1) for x in jax.tree.leaves(noise)], 1)
+  log_alpha = jnp.zeros(u.shape[1:], jnp.float32)
+  cotangent = jnp.ones_like(u)
+  transform = lambda la, u: jnp.vdot(gates.hard_concrete_from_uniform(u, la), cotangent)
+  runners = {
+      "draw (threefry, one key per example)": function_runner(
+          lambda k: layers.per_example_noise(k, params), keys),
+      "hard-concrete transform, fwd + bwd": function_runner(
+          jax.grad(transform), log_alpha, u),
+  }
+  ms = time_round_robin(runners, {k: 50 for k in runners}, repeats)
+  print(f"\nMLP per-example gate noise: {count:,} uniforms per step")
+  for name, value in ms.items():
+    print(f"  {name:40} {value:6.2f} ms")
 
 
 def pipeline_examples_per_sec(batch_size: int, steps: int = 600) -> float:
@@ -73,32 +243,74 @@ def pipeline_examples_per_sec(batch_size: int, steps: int = 600) -> float:
   return steps * batch_size / (time.perf_counter() - start)
 
 
+def variants(model: str, compare: bool):
+  """(label, config) pairs; the first is the dense reference of the ratios."""
+  out = [("dense", step_config(model, gated=False)),
+         ("L0, per-example noise", step_config(model, gated=True)),
+         ("L0, per-batch noise", step_config(model, gated=True, per_example=False))]
+  if compare and model != "mlp":
+    out += [("dense, XLA conv/pool", step_config(model, False, ops_method="xla")),
+            ("L0 per-example, XLA conv/pool",
+             step_config(model, True, ops_method="xla"))]
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="mlp,lenet5")
   parser.add_argument("--batch_size", type=int, default=100)
-  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--repeats", type=int, default=7,
+                      help="round-robin rounds; the median is reported")
+  parser.add_argument("--compare", action="store_true",
+                      help="add XLA-op variants and the op and noise tables")
   args = parser.parse_args()
+  models = args.models.split(",")
 
-  print(f"jax {jax.__version__}, backend {jax.default_backend()}, batch {args.batch_size}, "
-        f"median of 5 x {args.steps} steps")
-  header = (f"{'model':8} {'dense ms':>9} {'L0/example ms':>14} {'L0/batch ms':>12} "
-            f"{'overhead':>9} {'overhead/batch':>15}")
+  print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"{os.cpu_count()} CPUs, batch {args.batch_size}, median of {args.repeats} "
+        "round-robin rounds")
+  rate = matmul_gflops(args.repeats)
+  dispatch = dispatch_ms(args.batch_size, args.repeats)
+  print(f"measured float32 matmul rate: {rate:.0f} GFLOP/s; "
+        f"dispatch of an empty pmapped step: {dispatch:.3f} ms")
+
+  rows = []
+  for model in models:
+    flops = training_flops(model, args.batch_size)
+    floor = flops / (rate * 1e9) * 1e3
+    configs = variants(model, args.compare)
+    runners = {label: step_runner(config, args.batch_size) for label, config in configs}
+    steps = {label: 50 if model == "mlp" else 5 for label in runners}
+    ms = time_round_robin(runners, steps, args.repeats)
+    dense = ms[configs[0][0]]
+    for label, value in ms.items():
+      rows.append((model, label, value, flops / (value * 1e-3) / 1e9, value / floor,
+                   value / dense))
+    rows.append((model, "FLOP floor", floor, rate, 1.0, floor / dense))
+  header = (f"{'model':7} {'step':31} {'ms/step':>8} {'GFLOP/s':>8} {'x floor':>8} "
+            f"{'x dense':>8}")
+  print()
   print(header)
   print("-" * len(header))
-  l0_ms = {}
-  for model in args.models.split(","):
-    steps = args.steps if model == "mlp" else max(args.steps // 5, 10)
-    dense = time_step(step_config(model, gated=False), steps, args.batch_size)
-    per_example = time_step(step_config(model, gated=True), steps, args.batch_size)
-    per_batch = time_step(step_config(model, gated=True, per_example=False), steps,
-                          args.batch_size)
-    l0_ms[model] = per_example
-    print(f"{model:8} {dense:9.2f} {per_example:14.2f} {per_batch:12.2f} "
-          f"{per_example / dense:8.2f}x {per_batch / dense:14.2f}x")
+  for model, label, value, gflops, x_floor, x_dense in rows:
+    print(f"{model:7} {label:31} {value:8.2f} {gflops:8.1f} {x_floor:8.2f} "
+          f"{x_dense:8.2f}")
+  print("\nPyTorch reference code on the same 2-core CPU, quoted from issue 7 (not "
+        "measured here):")
+  for model in models:
+    mine = next(r[2] for r in rows if r[0] == model and r[1] == "L0, per-example noise")
+    print(f"  {model}: {PYTORCH_QUOTED_MS[model]:.1f} ms per constrained step; "
+          f"l0jax's per-example L0 step above is {PYTORCH_QUOTED_MS[model] / mine:.2f}x "
+          "faster")
+
+  if args.compare:
+    if "lenet5" in models:
+      op_table(args.batch_size, args.repeats)
+    noise_table(args.batch_size, args.repeats)
   pipeline = pipeline_examples_per_sec(args.batch_size)
   print()
-  for model, ms in l0_ms.items():
+  for model in models:
+    ms = next(r[2] for r in rows if r[0] == model and r[1] == "L0, per-example noise")
     consumed = args.batch_size / (ms / 1e3)
     print(f"pipeline {pipeline:,.0f} examples/s vs {model} L0 step consuming "
           f"{consumed:,.0f} examples/s: {pipeline / consumed:.1f}x")

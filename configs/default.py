@@ -27,6 +27,7 @@ def get_config():
   config.sample_per_example = True        # gate noise per example (else once per device batch)
   config.test_gate = "median"             # "median" | "eq13"
   config.rescale_init = False             # kernels * 1/(1 - droprate_init) at init
+  config.ops_method = "auto"              # conv/pool: "auto" (matmul forms on CPU, XLA's elsewhere) | "matmul" | "xla"
 
   # Sparsity formulation --------------------------------------------------------------
   config.method = "constrained"           # "constrained" | "penalized"

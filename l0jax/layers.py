@@ -9,8 +9,11 @@
 
 Each layer owns a parameter ``log_alpha`` next to ``kernel`` and ``bias``. In training
 (``deterministic=False``) gate noise is drawn from the rng stream ``"gates"``, once
-per example (``sample_per_example=True``, the papers' choice) or once per batch; at
-test time (``deterministic=True``) the gate is :func:`l0jax.gates.deterministic_gate`
+per example (``sample_per_example=True``, the papers' choice) or once per batch, unless
+the caller supplies the uniform noise itself in the variable collection
+``"gate_noise"`` (:data:`NOISE_COLLECTION`; :func:`per_example_noise` builds it from
+one key per example, which is how the trainer makes every example's noise independent
+of the device it lands on, without running the model under ``vmap``); at test time (``deterministic=True``) the gate is :func:`l0jax.gates.deterministic_gate`
 with ``test_gate`` mode ``"median"`` or ``"eq13"`` and no rng is needed.
 
 :mod:`l0jax.density` reads these parameters back: it recognises a gated layer as a
@@ -19,20 +22,26 @@ parameter dict holding ``kernel`` and ``log_alpha``.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
+import flax
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
-from l0jax import gates
+from l0jax import gates, ops
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 PaddingLike = Union[str, Sequence[Tuple[int, int]]]
 
-__all__ = ["L0Dense", "L0Conv", "lecun_normal"]
+__all__ = ["L0Dense", "L0Conv", "NOISE_COLLECTION", "lecun_normal",
+           "per_example_noise"]
+
+NOISE_COLLECTION = "gate_noise"
 
 
 def lecun_normal(key, shape, dtype=jnp.float32) -> Array:
@@ -48,6 +57,44 @@ def lecun_normal(key, shape, dtype=jnp.float32) -> Array:
   stddev = math.sqrt(1.0 / fan_in) / 0.87962566103423978
   flat = jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(shape),), dtype)
   return (flat * stddev).astype(dtype).reshape(shape)
+
+
+def per_example_noise(keys: Array, params) -> Dict[str, Any]:
+  """``U(0, 1)`` gate noise for every gated layer of ``params``, one key per example.
+
+  Example ``b`` draws all of its noise, for every layer, in one flat
+  ``jax.random.uniform(keys[b], (total_gates,))`` (computed by :func:`l0jax.gates.uniform`),
+  split in the order of the flattened ``params`` paths. The result is the ``"gate_noise"`` collection to pass with the
+  parameters::
+
+      noise = per_example_noise(keys, params)          # keys: shape (batch,)
+      model.apply({"params": params, NOISE_COLLECTION: noise}, x)
+
+  Args:
+    keys: PRNG key array of shape ``(batch,)``.
+    params: the model's parameters; a gated layer is a dict with ``kernel`` and
+      ``log_alpha``.
+
+  Returns:
+    A nested dict mirroring ``params`` with ``{"uniform": u}`` at every gated layer,
+    ``u`` of shape ``(batch,) + log_alpha.shape`` in ``log_alpha``'s compute dtype.
+  """
+  if keys.ndim != 1:
+    raise ValueError(f"keys must have shape (batch,), got {keys.shape}")
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  layers = [path[:-1] for path in flat
+            if path[-1] == "log_alpha" and path[:-1] + ("kernel",) in flat]
+  if not layers:
+    raise ValueError("params contain no gated layer (no dict with both 'kernel' and "
+                     "'log_alpha')")
+  shapes = [flat[path + ("log_alpha",)].shape for path in layers]
+  dtype = jnp.promote_types(flat[layers[0] + ("log_alpha",)].dtype, jnp.float32)
+  sizes = [math.prod(shape) for shape in shapes]
+  u = gates.uniform(keys, sum(sizes), dtype)
+  pieces = jnp.split(u, list(itertools.accumulate(sizes))[:-1], axis=1)
+  return traverse_util.unflatten_dict({
+      path + ("uniform",): piece.reshape((keys.shape[0],) + shape)
+      for path, shape, piece in zip(layers, shapes, pieces)})
 
 
 class _GateMixin:
@@ -80,6 +127,12 @@ class _GateMixin:
       return gates.deterministic_gate(log_alpha, self.test_gate,
                                       **self._gate_kwargs())
     shape = tuple(batch_shape) + log_alpha.shape
+    if self.has_variable(NOISE_COLLECTION, "uniform"):
+      u = self.get_variable(NOISE_COLLECTION, "uniform")
+      if u.shape != shape:
+        raise ValueError(f"{self.name}: supplied gate noise has shape {u.shape}, the "
+                         f"layer needs {shape}")
+      return gates.hard_concrete_from_uniform(u, log_alpha, **self._gate_kwargs())
     return gates.hard_concrete_sample(self.make_rng("gates"), log_alpha, shape,
                                       **self._gate_kwargs())
 
@@ -170,14 +223,17 @@ class L0Conv(_GateMixin, nn.Module):
   own kernel).
 
   Attributes are those of :class:`L0Dense` plus ``kernel_size``, ``strides``,
-  ``padding`` (``"SAME"``, ``"VALID"`` or explicit pairs) and
-  ``kernel_dilation``.
+  ``padding`` (``"SAME"``, ``"VALID"`` or explicit pairs), ``kernel_dilation`` and
+  ``ops_method`` (:data:`l0jax.ops.METHODS`: ``"auto"`` runs im2col + matmul on
+  CPU and XLA's convolution elsewhere, ``"matmul"`` / ``"xla"`` force one; see
+  :mod:`l0jax.ops`).
   """
   features: int
   kernel_size: Sequence[int]
   strides: Union[int, Sequence[int]] = 1
   padding: PaddingLike = "SAME"
   kernel_dilation: Union[int, Sequence[int]] = 1
+  ops_method: str = "auto"
   use_bias: bool = True
   droprate_init: float = 0.5
   rescale_init: bool = False
@@ -203,9 +259,10 @@ class L0Conv(_GateMixin, nn.Module):
         ("N" + letters + "C", letters + "IO", "N" + letters + "C"))
     padding = self.padding if isinstance(self.padding, str) else tuple(
         tuple(p) for p in self.padding)
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=as_tuple(self.strides), padding=padding,
-        rhs_dilation=as_tuple(self.kernel_dilation), dimension_numbers=dims)
+    return ops.conv_general_dilated(
+        x, kernel, as_tuple(self.strides), padding,
+        rhs_dilation=as_tuple(self.kernel_dilation), dimension_numbers=dims,
+        method=self.ops_method)
 
   @nn.compact
   def __call__(self, x: Array, deterministic: Optional[bool] = None) -> Array:

@@ -7,8 +7,10 @@ One per-device step body (:func:`train_step_body`) runs under ``jax.pmap`` (defa
 ``jax.jit(jax.shard_map(...))`` (``config.parallel = "shard_map"``). Inside it:
 
 * gate noise is a function of the *global example index*: example ``i`` of the global
-  batch draws its gates from ``fold_in(fold_in(rng, step), i)``, so every device (and
-  every example) gets its own noise, and the result does not depend on how the global
+  batch draws the uniforms of all its gates in one flat draw from
+  ``fold_in(fold_in(rng, step), i)`` (``layers.per_example_noise``, handed to the
+  batched model as the ``"gate_noise"`` collection), so every device (and every
+  example) gets its own noise, and the result does not depend on how the global
   batch is split over devices or hosts. With ``sample_per_example=False`` each device
   draws one sample from ``fold_in(fold_in(rng, step), device_index)``.
 * gradients, loss and metrics are averaged over devices with ``pmean``;
@@ -38,7 +40,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from l0jax import constrained, density, distributed, input_pipeline
+from l0jax import constrained, density, distributed, input_pipeline, layers, ops
 from l0jax.models import MLP, LeNet5Caffe
 
 AXIS = "batch"
@@ -88,7 +90,8 @@ def build_model(config):
                num_classes=input_pipeline.NUM_CLASSES, **common)
   return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
                      dense_features=config.lenet_dense_features,
-                     num_classes=input_pipeline.NUM_CLASSES, **common)
+                     num_classes=input_pipeline.NUM_CLASSES,
+                     ops_method=config.ops_method, **common)
 
 
 def abstract_params(config):
@@ -123,6 +126,7 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
   _choice(config, "parallel", PARALLEL)
   _choice(config, "lr_schedule", ("constant", "cosine"))
   _choice(config, "density_mode", DENSITY_MODES)
+  _choice(config, "ops_method", ops.METHODS)
   for field in ("learning_rate", "gate_learning_rate", "dual_learning_rate", "momentum",
                 "penalty", "nupi_kp"):
     value = config[field]
@@ -293,9 +297,8 @@ def _forward_train(model, params, images, step_key, config, example_offset):
   if config.gated and config.sample_per_example:
     index = example_offset + jnp.arange(images.shape[0])
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
-    apply_one = lambda x, k: model.apply({"params": params}, x[None],
-                                         rngs={"gates": k})[0]
-    return jax.vmap(apply_one)(images, keys)
+    noise = layers.per_example_noise(keys, params)
+    return model.apply({"params": params, layers.NOISE_COLLECTION: noise}, images)
   device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
   return model.apply({"params": params}, images, rngs={"gates": device_key})
 

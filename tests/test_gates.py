@@ -281,3 +281,57 @@ def test_property_monotone_in_log_alpha(log_alpha, beta, u, delta):
              lambda a: gates.deterministic_gate(a, "median", **kw),
              lambda a: gates.deterministic_gate(a, "eq13", **kw)):
     assert np.all(np.asarray(fn(larger)) >= np.asarray(fn(log_alpha)))
+
+
+# ---------------------------------------------------------------- fast paths
+@pytest.mark.parametrize("key_shape,n", [((), 1), ((), 777), ((5,), 1184), ((2, 3), 64)])
+def test_uniform_is_bit_identical_to_jax_random_uniform(key_shape, n):
+  base = jax.random.key(42)
+  keys = jax.random.split(base, max(1, math.prod(key_shape))).reshape(key_shape)
+  want = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys.reshape(-1))
+  got = gates.uniform(keys, n)
+  assert got.shape == key_shape + (n,)
+  np.testing.assert_array_equal(np.asarray(got).reshape(-1, n), np.asarray(want))
+
+
+def test_uniform_falls_back_for_other_key_implementations_and_rejects_raw_keys():
+  keys = jax.random.split(jax.random.key(0, impl="rbg"), 3)
+  np.testing.assert_array_equal(
+      gates.uniform(keys, 10), jax.vmap(lambda k: jax.random.uniform(k, (10,)))(keys))
+  with pytest.raises(TypeError, match="typed PRNG keys"):
+    gates.uniform(jax.random.PRNGKey(0), 10)
+
+
+def _jnp_reference_gate(u, log_alpha, beta=BETA, gamma=GAMMA, zeta=ZETA):
+  """The gate formula written independently, for autodiff as the reference gradient."""
+  s = 1 / (1 + jnp.exp(-(jnp.log(u) - jnp.log1p(-u) + log_alpha) / beta))
+  return jnp.minimum(jnp.maximum(s * (zeta - gamma) + gamma, 0.0), 1.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(shapes=st.sampled_from([((30, 7), (7,)), ((7,), (7,)), ((4, 3, 5), (3, 1)),
+                               ((5,), (2, 5)), ((), (6,)), ((3, 1), (1, 4))]),
+       scale=st.floats(0.1, 6.0), seed=st.integers(0, 2 ** 16))
+def test_property_custom_gradient_equals_autodiff_of_the_formula(shapes, scale, seed):
+  u_shape, la_shape = shapes
+  rng = np.random.default_rng(seed)
+  u = rng.uniform(0.001, 0.999, size=u_shape)
+  log_alpha = rng.normal(0, scale, size=la_shape)
+  cotangent = rng.normal(size=np.broadcast_shapes(u_shape, la_shape))
+  with jax.enable_x64(True):
+    project = lambda f: lambda u, a: jnp.vdot(f(u, a), cotangent)
+    got = jax.grad(project(gates.hard_concrete_from_uniform), (0, 1))(u, log_alpha)
+    want = jax.grad(project(_jnp_reference_gate), (0, 1))(u, log_alpha)
+    for g, w, shape in zip(got, want, (u_shape, la_shape)):
+      assert g.shape == shape
+      np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_gradient_wrt_uniform_matches_finite_differences(rng):
+  u = rng.uniform(0.2, 0.8, size=6)
+  log_alpha = rng.normal(0, 0.5, size=6)
+  with jax.enable_x64(True):
+    grad = jax.grad(lambda u: (gates.hard_concrete_from_uniform(u, log_alpha) ** 2
+                               ).sum())(jnp.asarray(u))
+    fd = _central_difference(lambda v: (np_sample(v, log_alpha) ** 2).sum(), u)
+  np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-5, atol=1e-9)

@@ -240,3 +240,61 @@ def test_default_kernel_init_equals_flax_lecun_normal():
     np.testing.assert_allclose(lecun_normal(key, shape),
                                nn.initializers.lecun_normal()(key, shape),
                                rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- supplied noise
+def test_supplied_noise_gives_the_formula_and_is_checked():
+  from l0jax import layers
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+  layer = L0Dense(3)
+  params = _init(layer, x)["params"]
+  u = jax.random.uniform(jax.random.key(5), (4, 6))
+  y = layer.apply({"params": params, layers.NOISE_COLLECTION: {"uniform": u}}, x,
+                  deterministic=False)  # no "gates" rng needed
+  z = gates.hard_concrete_from_uniform(u, params["log_alpha"])
+  np.testing.assert_allclose(y, (x * z) @ params["kernel"] + params["bias"],
+                             rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match=r"supplied gate noise has shape \(4, 5\)"):
+    layer.apply({"params": params, layers.NOISE_COLLECTION: {"uniform": u[:, :5]}},
+                x, deterministic=False)
+
+
+def test_per_example_noise_is_each_keys_flat_uniform_split_by_layer():
+  from l0jax import layers
+  from l0jax.models import LeNet5Caffe
+  x = jnp.zeros((1, 28, 28, 1))
+  shapes = jax.eval_shape(LeNet5Caffe().init, KEYS, x)["params"]
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  keys = jax.random.split(jax.random.key(3), 5)
+  noise = jax.jit(layers.per_example_noise)(keys, params)
+  names = ["conv1", "conv2", "fc1", "fc2"]  # flattened-path order
+  sizes = [params[n]["log_alpha"].size for n in names]
+  flat = jax.vmap(lambda k: jax.random.uniform(k, (sum(sizes),)))(keys)
+  start = 0
+  for name, size in zip(names, sizes):
+    want = flat[:, start:start + size].reshape((5,) + params[name]["log_alpha"].shape)
+    np.testing.assert_array_equal(noise[name]["uniform"], want)
+    start += size
+  with pytest.raises(ValueError, match="no gated layer"):
+    layers.per_example_noise(keys, {"dense": {"kernel": jnp.ones((2, 2))}})
+  with pytest.raises(ValueError, match=r"shape \(batch,\)"):
+    layers.per_example_noise(keys.reshape(5, 1), params)
+
+
+@pytest.mark.parametrize("unstructured", [False, True])
+def test_conv_matmul_form_is_the_same_function_as_xla(unstructured):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 9, 9, 2)), jnp.float32)
+  fast = L0Conv(4, (3, 3), strides=2, padding="SAME", unstructured=unstructured,
+                ops_method="matmul")
+  plain = fast.clone(ops_method="xla")
+  params = _init(plain, x)["params"]
+
+  def loss(layer):
+    return lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x,
+                                                    deterministic=False,
+                                                    rngs={"gates": KEYS["gates"]})))
+  for a, b in zip(jax.jit(jax.grad(loss(fast), (0, 1)))(params, x),
+                  jax.jit(jax.grad(loss(plain), (0, 1)))(params, x)):
+    for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(leaf_a, leaf_b, rtol=2e-5, atol=2e-5)

@@ -70,3 +70,27 @@ def test_dense_baseline_has_no_gates_and_same_kernels():
   assert density.gated_layers(plain) == {}
   assert jax.tree.map(lambda a: a.shape, {k: v["kernel"] for k, v in plain.items()}) == \
       jax.tree.map(lambda a: a.shape, {k: v["kernel"] for k, v in gated.items()})
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_lenet_matmul_ops_compute_the_same_function_as_xla_ops(gated):
+  """The CPU fast path (im2col convs, reshape pools) against lax conv/reduce_window:
+  same logits and same gradients for parameters and inputs, gate noise included."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(6, 28, 28, 1)), jnp.float32)
+  fast = LeNet5Caffe(gated=gated, ops_method="matmul")
+  plain = LeNet5Caffe(gated=gated, ops_method="xla")
+  keys = {"params": jax.random.key(0), "gates": jax.random.key(1)}
+  params = jax.jit(plain.init)(keys, x)["params"]
+  cotangent = jnp.asarray(rng.normal(size=(6, 10)), jnp.float32)
+
+  def value_and_grads(model):
+    f = lambda p, x: model.apply({"params": p}, x, rngs={"gates": keys["gates"]})
+    return jax.jit(lambda p, x: (lambda o, vjp: (o, vjp(cotangent)))(
+        *jax.vjp(f, p, x)))(params, x)
+  out_fast, grads_fast = value_and_grads(fast)
+  out_plain, grads_plain = value_and_grads(plain)
+  np.testing.assert_allclose(out_fast, out_plain, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_fast), jax.tree.leaves(grads_plain)):
+    scale = float(jnp.max(jnp.abs(b))) + 1e-6
+    np.testing.assert_allclose(a / scale, b / scale, atol=1e-5)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import flax.linen as nn
 
-from l0jax import layers
+from l0jax import layers, ops
 
 
 class GatedModel(nn.Module):
@@ -20,6 +21,9 @@ class GatedModel(nn.Module):
     test_gate: test-time gate mode, ``"median"`` or ``"eq13"``.
     rescale_init: scale initial kernels by ``1 / (1 - droprate_init)``.
     log_alpha_clamp: optional ``(lo, hi)`` clamp of ``log_alpha``.
+    ops_method: how convolutions (gated and plain) and max pooling run, one of
+      :data:`l0jax.ops.METHODS` (``"auto"``: the matmul forms on CPU, XLA's
+      convolution and ``reduce_window`` elsewhere).
   """
   gated: bool = True
   unstructured: bool = False
@@ -27,6 +31,7 @@ class GatedModel(nn.Module):
   test_gate: str = "median"
   rescale_init: bool = False
   log_alpha_clamp: Optional[Tuple[float, float]] = None
+  ops_method: str = "auto"
 
   def _gate_attributes(self, droprate: float):
     return dict(droprate_init=droprate, unstructured=self.unstructured,
@@ -42,8 +47,11 @@ class GatedModel(nn.Module):
   def conv(self, features: int, kernel_size, droprate: float, name: str,
            padding="VALID") -> nn.Module:
     if not self.gated:
-      return nn.Conv(features, tuple(kernel_size), padding=padding, name=name)
+      return nn.Conv(features, tuple(kernel_size), padding=padding, name=name,
+                     conv_general_dilated=functools.partial(
+                         ops.conv_general_dilated, method=self.ops_method))
     return layers.L0Conv(features, tuple(kernel_size), padding=padding, name=name,
+                         ops_method=self.ops_method,
                          **self._gate_attributes(droprate))
 
   @staticmethod

@@ -7,6 +7,7 @@ from typing import Sequence
 import jax
 import flax.linen as nn
 
+from l0jax import ops
 from l0jax.models.common import GatedModel
 
 
@@ -27,7 +28,7 @@ class LeNet5Caffe(GatedModel):
     for i, width in enumerate(self.conv_features):
       conv = self.conv(width, (5, 5), self.droprate, name=f"conv{i + 1}")
       x = nn.relu(self.apply_layer(conv, x, deterministic))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = ops.max_pool(x, (2, 2), strides=(2, 2), method=self.ops_method)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(self.apply_layer(
         self.dense(self.dense_features, self.droprate, name="fc1"), x,
