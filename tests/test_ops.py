@@ -161,3 +161,13 @@ def test_overlapping_or_padded_pools_use_reduce_window():
         nn.max_pool(x, (2, 2), **{"strides": (2, 2), **kwargs}))
   with pytest.raises(ValueError, match="unknown ops method"):
     ops.max_pool(x, (2, 2), method="fast")
+
+
+def test_xla_cpu_flushes_subnormal_results_to_zero():
+  """Why long runs keep their speed on CPU (issue 7): XLA:CPU computes with
+  flush-to-zero, so closed rows decaying toward 0 never become slow subnormals."""
+  smallest_normal = jnp.finfo(jnp.float32).tiny
+  assert np.float32(smallest_normal) * np.float32(0.5) > 0  # numpy: subnormal
+  assert float(jax.jit(lambda x: x * 0.5)(smallest_normal)) == 0.0
+  a = jnp.full((8, 8), 1e-20, jnp.float32)  # products 1e-40 are subnormal
+  assert float(jax.jit(lambda a: a @ a)(a)[0, 0]) == 0.0
