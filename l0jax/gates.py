@@ -204,7 +204,8 @@ def _clip_uniform(u):
 
 def _hard_concrete_formula(u, log_alpha, beta, gamma, zeta):
   """The gate as a plain formula (autodiff through it is the reference gradient)."""
-  logistic_noise = jnp.log(_clip_uniform(u) / (1.0 - _clip_uniform(u)))
+  u = _clip_uniform(u)
+  logistic_noise = jnp.log(u / (1.0 - u))
   # log_alpha / beta before the broadcast keeps that division off (batch, gates).
   s = jax.nn.sigmoid(logistic_noise / beta + log_alpha / beta)
   return _stretch_and_clip(s, gamma, zeta)
