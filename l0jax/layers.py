@@ -217,7 +217,9 @@ class L0Conv(_GateMixin, nn.Module):
   """Convolution (NHWC inputs, HWIO kernel) with gates on its output channels.
 
   ``y = (conv(x, kernel) + bias) * z`` with ``z`` of shape ``(out,)`` per batch or
-  ``(batch, out)`` per example, so a closed channel's bias contributes nothing. With
+  ``(batch, out)`` per example, so a closed channel's bias contributes nothing.
+  Per-batch gates are folded into the kernel and bias, ``conv(x, kernel * z) + bias
+  * z``, the same function with no pass over the output. With
   ``unstructured=True``, ``y = conv(x, kernel * z) + bias`` with ``z`` of the kernel's
   shape and an ungated bias (per-example gates then convolve each example with its
   own kernel).
@@ -265,7 +267,20 @@ class L0Conv(_GateMixin, nn.Module):
         method=self.ops_method)
 
   @nn.compact
-  def __call__(self, x: Array, deterministic: Optional[bool] = None) -> Array:
+  def __call__(self, x: Array, deterministic: Optional[bool] = None,
+               post: Optional[Callable[[Array], Array]] = None) -> Array:
+    """The gated convolution; with ``post``, ``post`` applied to it.
+
+    Args:
+      x: ``(N, spatial..., C)`` inputs.
+      deterministic: test-time gates instead of sampled ones.
+      post: what follows the layer, e.g. ReLU and max pooling. It must be
+        positively homogeneous per output channel, ``post(y * z) == post(y) * z``
+        for every ``z >= 0`` over the channel (last) axis, and keep the batch axis
+        first and the channels last: ReLU, max and average pooling are. The
+        structured gates then multiply ``post``'s (pooled, smaller) output instead
+        of the convolution's; the result is the same up to float rounding.
+    """
     deterministic = nn.merge_param("deterministic", self.deterministic,
                                    deterministic)
     spatial = len(self.kernel_size)
@@ -285,6 +300,7 @@ class L0Conv(_GateMixin, nn.Module):
     x, kernel, bias, log_alpha = nn.dtypes.promote_dtype(
         x, kernel, bias, log_alpha, dtype=self.dtype)
 
+    post = (lambda y: y) if post is None else post
     per_example = self.sample_per_example and not deterministic
     if self.unstructured:
       if per_example:
@@ -292,13 +308,15 @@ class L0Conv(_GateMixin, nn.Module):
         y = jax.vmap(lambda xi, ki: self._conv(xi[None], ki)[0])(x, kernel * z)
       else:
         y = self._conv(x, kernel * self._gates(log_alpha, deterministic, ()))
-      return y + bias if bias is not None else y
-    y = self._conv(x, kernel)
-    if bias is not None:
-      y = y + bias
-    if per_example:
-      z = self._gates(log_alpha, deterministic, x.shape[:1])
-      z = z.reshape((x.shape[0],) + (1,) * spatial + (self.features,))
-    else:
+      return post(y + bias if bias is not None else y)
+    if not per_example:  # fold the shared gates into the kernel and bias
       z = self._gates(log_alpha, deterministic, ())
-    return y * z
+      y = self._conv(x, kernel * z)
+      return post(y + bias * z if bias is not None else y)
+    z = self._gates(log_alpha, deterministic, x.shape[:1])
+    y = self._conv(x, kernel)
+    y = post(y + bias if bias is not None else y)
+    if y.shape[:1] != x.shape[:1] or y.shape[-1] != self.features:
+      raise ValueError(f"post must keep the batch axis first and the {self.features} "
+                       f"channels last, got shape {y.shape} from input {x.shape}")
+    return y * z.reshape((x.shape[0],) + (1,) * (y.ndim - 2) + (self.features,))

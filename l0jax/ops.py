@@ -10,8 +10,10 @@ Every function takes ``method``, one of :data:`METHODS`:
 
 * ``"matmul"``: formulations that XLA:CPU turns into matrix multiplies and cheap
   elementwise loops. :func:`conv_general_dilated` gathers the receptive fields with
-  strided slices into one ``(..., window * in_channels)`` patch array (im2col) and
-  contracts it with the reshaped kernel in a single ``dot_general``; :func:`max_pool`
+  strided slices into one patch array (im2col) and contracts it with the reshaped
+  kernel in a single ``dot_general``; where it writes less, the taps along the first
+  spatial axis are not gathered but summed as row shifts of the product (see
+  :func:`im2col_conv`). :func:`max_pool`
   splits each spatial axis into ``(out, window)`` and takes pairwise ``maximum`` over
   the window axes, whose gradient is a select.
 * ``"xla"``: ``lax.conv_general_dilated`` and ``flax.linen.max_pool``
@@ -75,6 +77,15 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
   Inputs and outputs follow ``dimension_numbers`` exactly as in ``lax``; internally the
   input is brought to ``(N, spatial..., C)`` and the kernel to ``(spatial..., I, O)``
   (no-op transposes for the usual NHWC / HWIO layouts).
+
+  The receptive fields are gathered (im2col) over every spatial axis but the first.
+  When the first axis has stride 1, its taps are not gathered: one matrix multiply
+  contracts the patches with the kernel of every first-axis tap at once,
+  ``(N, H, W', kw * C) @ (kw * C, kh * O)``, and the output is the sum of ``kh`` row
+  shifts of that product. Against gathering all ``kh * kw`` taps this copies ``kh``
+  times less, gives the multiply ``kh`` times more output columns (XLA:CPU runs
+  skinny products slowly) and costs ``H / H'`` times the FLOPs. With a first-axis
+  stride above 1, whose shifted rows would be mostly unused, every axis is gathered.
   """
   spatial = lhs.ndim - 2
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -100,18 +111,37 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
   if min(out) < 1:
     raise ValueError(f"the kernel window {effective} (dilated) is larger than the "
                      f"padded input {x.shape[1:-1]}")
+  # Shift the first axis's taps when its stride is 1 and the product the shift form
+  # writes, (rows, kh * O) per output column, is smaller than the patches the full
+  # gather writes, (rows out, kh * kw * C): true for LeNet's conv2, not for its
+  # one-channel conv1.
+  rows = (out[0] - 1) + effective[0]
+  gathered_size = math.prod(window[1:]) * x.shape[-1]
+  shift_first = (strides[0] == 1 and window[0] > 1
+                 and rows * w.shape[-1] < out[0] * gathered_size)
+  gathered = range(1 if shift_first else 0, spatial)
+  if shift_first:  # keep the rows any output reads, all of them
+    x = x[:, :rows]
   patches = []
-  for offset in itertools.product(*(range(k) for k in window)):
-    start = tuple(o * d for o, d in zip(offset, dilation))
-    limit = tuple(b + (n - 1) * s + 1 for b, n, s in zip(start, out, strides))
-    patches.append(lax.slice(x, (0,) + start + (0,),
-                             (x.shape[0],) + limit + (x.shape[-1],),
-                             (1,) + strides + (1,)))
+  for offset in itertools.product(*(range(window[a]) for a in gathered)):
+    start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
+    for a, o in zip(gathered, offset):
+      start[1 + a] = o * dilation[a]
+      limit[1 + a] = start[1 + a] + (out[a] - 1) * strides[a] + 1
+      step[1 + a] = strides[a]
+    patches.append(lax.slice(x, start, limit, step))
   patches = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
-  y = lax.dot_general(
-      patches, w.reshape(math.prod(window) * w.shape[-2], w.shape[-1]),
-      (((patches.ndim - 1,), (0,)), ((), ())), precision=precision,
-      preferred_element_type=preferred_element_type)
+  taps = window[0] if shift_first else 1
+  # (gathered taps..., I, [first-axis taps,] O) -> (gathered taps * I, taps * O).
+  kernel = jnp.moveaxis(w, 0, -2) if shift_first else w
+  kernel = kernel.reshape(-1, taps * w.shape[-1])
+  # A 2-D product: XLA:CPU lays out the backward pass's products worse for the
+  # N-D form of the same contraction (extra transposes of the cotangent).
+  y = lax.dot_general(patches.reshape(-1, patches.shape[-1]), kernel,
+                      (((1,), (0,)), ((), ())), precision=precision,
+                      preferred_element_type=preferred_element_type)
+  y = y.reshape(patches.shape[:-1] + (taps, w.shape[-1]))
+  y = _shifted_tap_sum(y, taps, dilation[0]) if shift_first else y[..., 0, :]
   # y is (N, spatial..., O); put each logical dim where out_spec wants it.
   perm = [0] * y.ndim
   perm[out_spec[0]] = 0
@@ -119,6 +149,35 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
   for i, axis in enumerate(out_spec[2:]):
     perm[axis] = 1 + i
   return jnp.transpose(y, perm)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _shifted_tap_sum(z, taps: int, dilation: int):
+  """``y[:, r] = sum_i z[:, r + i * dilation, ..., i, :]`` over the rows ``r`` that
+  every tap reaches.
+
+  ``z`` is ``(N, rows, ..., taps, O)``. The VJP writes the cotangent of ``z`` in one
+  pass, a stack of ``taps`` row-shifted copies of the output cotangent. Autodiff's
+  transpose of the slices pads every term to the full shape of ``z`` instead, and
+  XLA:CPU can materialize all of them before adding (3x slower for LeNet's conv2).
+  """
+  out_rows = z.shape[1] - (taps - 1) * dilation
+  return functools.reduce(jnp.add, (
+      z[:, i * dilation:i * dilation + out_rows, ..., i, :] for i in range(taps)))
+
+
+def _shifted_tap_sum_fwd(z, taps, dilation):
+  return _shifted_tap_sum(z, taps, dilation), None
+
+
+def _shifted_tap_sum_bwd(taps, dilation, _, dy):
+  extra = (taps - 1) * dilation
+  no_pad = ((0, 0),) * (dy.ndim - 2)
+  return (jnp.stack([jnp.pad(dy, ((0, 0), (i * dilation, extra - i * dilation))
+                             + no_pad) for i in range(taps)], axis=-2),)
+
+
+_shifted_tap_sum.defvjp(_shifted_tap_sum_fwd, _shifted_tap_sum_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding: Padding,

@@ -298,3 +298,60 @@ def test_conv_matmul_form_is_the_same_function_as_xla(unstructured):
                   jax.jit(jax.grad(loss(plain), (0, 1)))(params, x)):
     for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_allclose(leaf_a, leaf_b, rtol=2e-5, atol=2e-5)
+
+
+# ---------------------------------------------------------------- post, folded gates
+def _relu_pool(y):
+  return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2))
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_conv_post_is_the_same_function_as_post_after_the_layer(per_example):
+  # The gates move past ReLU + max pooling (positively homogeneous): same outputs
+  # and gradients, including closed gates (z == 0) where log_alpha gets none.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 8, 8, 2)), jnp.float32)
+  layer = L0Conv(4, (3, 3), padding="SAME", sample_per_example=per_example)
+  params = _init(layer, x)["params"]
+  params["log_alpha"] = jnp.array([-9.0, 0.0, 0.5, 9.0])  # closed, open, between
+
+  def loss(post_inside):
+    def fn(p, x):
+      kwargs = dict(deterministic=False, rngs={"gates": KEYS["gates"]})
+      y = (layer.apply({"params": p}, x, post=_relu_pool, **kwargs) if post_inside
+           else _relu_pool(layer.apply({"params": p}, x, **kwargs)))
+      return jnp.sum(jnp.sin(y)), y
+    return jax.jit(jax.value_and_grad(fn, (0, 1), has_aux=True))
+  (_, y_in), g_in = loss(True)(params, x)
+  (_, y_out), g_out = loss(False)(params, x)
+  assert float(jnp.max(jnp.abs(y_out))) > 0
+  np.testing.assert_allclose(y_in, y_out, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_in), jax.tree.leaves(g_out)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_conv_post_must_keep_batch_and_channels():
+  x = jnp.ones((2, 6, 6, 1))
+  layer = L0Conv(3, (3, 3))
+  params = _init(layer, x)["params"]
+  with pytest.raises(ValueError, match="post must keep"):
+    layer.apply({"params": params}, x, deterministic=False,
+                post=lambda y: y[..., :2], rngs={"gates": KEYS["gates"]})
+
+
+def test_per_batch_conv_gates_folded_into_kernel_give_the_formula():
+  from l0jax import layers
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
+  layer = L0Conv(5, (3, 3), padding="VALID", sample_per_example=False)
+  params = _init(layer, x)["params"]
+  params["bias"] = jnp.asarray(rng.normal(size=5), jnp.float32)
+  params["log_alpha"] = jnp.asarray(rng.normal(size=5) * 3, jnp.float32)
+  u = jnp.asarray(rng.uniform(size=5), jnp.float32)
+  y = layer.apply({"params": params, layers.NOISE_COLLECTION: {"uniform": u}}, x,
+                  deterministic=False)
+  z = gates.hard_concrete_from_uniform(u, params["log_alpha"])
+  assert np.ptp(np.asarray(z)) > 0.1  # gates that differ, so the fold is seen
+  plain = jax.lax.conv_general_dilated(x, params["kernel"], (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(y, (plain + params["bias"]) * z, rtol=1e-5, atol=1e-5)

@@ -86,6 +86,33 @@ def test_property_im2col_conv_equals_lax(size, window, stride, cin, cout, paddin
       x, k)
 
 
+@pytest.mark.parametrize("x_shape,k_shape,shifted", [
+    ((2, 12, 12, 20), (5, 5, 20, 50), True),   # LeNet's conv2: rows shifted
+    ((2, 28, 28, 1), (5, 5, 1, 20), False),    # LeNet's conv1: all taps gathered
+    ((2, 9, 8, 6), (3, 3, 6, 6), True)])
+def test_first_axis_taps_are_shifted_when_that_writes_less(x_shape, k_shape, shifted):
+  rng = np.random.default_rng(0)
+  x, k = _normal(rng, *x_shape), _normal(rng, *k_shape)
+  fast = lambda x, k: ops.im2col_conv(x, k, (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert ("custom_vjp" in str(jax.make_jaxpr(fast)(x, k))) == shifted
+  _assert_same_function(fast, lambda x, k: lax.conv_general_dilated(
+      x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k,
+      atol=2e-4)  # outputs reach ~30: sums of 500 products, rounded in float32
+
+
+@pytest.mark.parametrize("taps,dilation", [(1, 1), (3, 1), (3, 2), (5, 1)])
+def test_shifted_tap_sum_vjp_equals_autodiff_of_the_slices(taps, dilation):
+  rng = np.random.default_rng(taps * 10 + dilation)
+  z = _normal(rng, 2, 4 + (taps - 1) * dilation, 3, taps, 5)
+
+  def plain(z):
+    rows = z.shape[1] - (taps - 1) * dilation
+    return sum(z[:, i * dilation:i * dilation + rows, :, i, :] for i in range(taps))
+  _assert_same_function(lambda z: ops._shifted_tap_sum(z, taps, dilation), plain, z,
+                        rtol=1e-6, atol=1e-6)
+
+
 def test_auto_runs_the_matmul_form_on_cpu():
   x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
   dims = ("NHWC", "HWIO", "NHWC")

@@ -55,7 +55,11 @@ class GatedModel(nn.Module):
                          **self._gate_attributes(droprate))
 
   @staticmethod
-  def apply_layer(layer: nn.Module, x, deterministic: bool):
-    if isinstance(layer, (layers.L0Dense, layers.L0Conv)):
-      return layer(x, deterministic=deterministic)
-    return layer(x)
+  def apply_layer(layer: nn.Module, x, deterministic: bool, post=None):
+    """``post(layer(x))``; an :class:`~l0jax.layers.L0Conv` applies its channel gates
+    after ``post`` (which must then be positively homogeneous, see its ``post``)."""
+    if isinstance(layer, layers.L0Conv):
+      return layer(x, deterministic=deterministic, post=post)
+    y = (layer(x, deterministic=deterministic) if isinstance(layer, layers.L0Dense)
+         else layer(x))
+    return y if post is None else post(y)

@@ -27,8 +27,10 @@ class LeNet5Caffe(GatedModel):
   def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
     for i, width in enumerate(self.conv_features):
       conv = self.conv(width, (5, 5), self.droprate, name=f"conv{i + 1}")
-      x = nn.relu(self.apply_layer(conv, x, deterministic))
-      x = ops.max_pool(x, (2, 2), strides=(2, 2), method=self.ops_method)
+      # ReLU and pooling run before the channel gates (L0Conv's post): the same
+      # function, with the per-example gates multiplying a 4x smaller array.
+      x = self.apply_layer(conv, x, deterministic, post=lambda y: ops.max_pool(
+          nn.relu(y), (2, 2), strides=(2, 2), method=self.ops_method))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(self.apply_layer(
         self.dense(self.dense_features, self.droprate, name="fc1"), x,
