@@ -16,6 +16,10 @@ hits all of them alike; compare ratios, not absolute times across runs.
   floor is those FLOPs at the matmul rate measured here (a 1024^3 and a 2048^3
   float32 matmul, the faster), i.e. the time of the step if it were only its matmuls
   at full speed; ``x floor`` is how far above that each step is.
+* With PyTorch installed, a plain dense PyTorch step of each model
+  (``benchmarks/torch_steps.py``) is timed in the same rounds, and the PyTorch
+  reference L0 code's step quoted in issue 7 is rescaled to this run by its quoted
+  ratio to a dense PyTorch step.
 * ``--compare`` adds the same models with ``ops_method="xla"`` (XLA's convolution and
   ``reduce_window`` pooling, what a plain Flax model runs), a table of LeNet's ops
   forward + backward in both forms, and what the per-example gate noise costs.
@@ -36,12 +40,16 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import torch_steps  # noqa: E402
 from configs import default  # noqa: E402
 from l0jax import gates, input_pipeline, layers, ops, train_lib  # noqa: E402
 
-# Median ms per step of the PyTorch reference code on this 2-core CPU, as quoted in
-# issue 7 (torch 2.13, 2 threads); not measured by this script.
+# Median ms per step on this 2-core CPU as quoted in issue 7 (torch 2.13, 2 threads):
+# the PyTorch reference code's constrained L0 step, and a plain dense PyTorch step
+# measured alongside it.
 PYTORCH_QUOTED_MS = {"mlp": 3.6, "lenet5": 22.0}
+PYTORCH_QUOTED_DENSE_MS = {"mlp": 2.0, "lenet5": 20.0}
+TORCH_LABEL = "PyTorch dense step"
 
 
 def step_config(model: str, gated: bool, per_example: bool = True,
@@ -263,8 +271,11 @@ def main():
                       help="round-robin rounds; the median is reported")
   parser.add_argument("--compare", action="store_true",
                       help="add XLA-op variants and the op and noise tables")
+  parser.add_argument("--no_torch", action="store_true",
+                      help="skip the PyTorch dense step even if torch is installed")
   args = parser.parse_args()
   models = args.models.split(",")
+  torch_version = "" if args.no_torch else torch_steps.version()
 
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"{os.cpu_count()} CPUs, batch {args.batch_size}, median of {args.repeats} "
@@ -280,6 +291,8 @@ def main():
     floor = flops / (rate * 1e9) * 1e3
     configs = variants(model, args.compare)
     runners = {label: step_runner(config, args.batch_size) for label, config in configs}
+    if torch_version:
+      runners[TORCH_LABEL] = torch_steps.step_runner(model, args.batch_size)
     steps = {label: 50 if model == "mlp" else 5 for label in runners}
     ms = time_round_robin(runners, steps, args.repeats)
     dense = ms[configs[0][0]]
@@ -295,13 +308,26 @@ def main():
   for model, label, value, gflops, x_floor, x_dense in rows:
     print(f"{model:7} {label:31} {value:8.2f} {gflops:8.1f} {x_floor:8.2f} "
           f"{x_dense:8.2f}")
-  print("\nPyTorch reference code on the same 2-core CPU, quoted from issue 7 (not "
-        "measured here):")
+  print("\nPyTorch reference L0 code (issue 7, same CPU): "
+        + ", ".join(f"{m} {PYTORCH_QUOTED_MS[m]:.1f} ms = "
+                    f"{PYTORCH_QUOTED_MS[m] / PYTORCH_QUOTED_DENSE_MS[m]:.2f}x its dense "
+                    "PyTorch step" for m in models) + " (quoted, not run here)")
   for model in models:
     mine = next(r[2] for r in rows if r[0] == model and r[1] == "L0, per-example noise")
-    print(f"  {model}: {PYTORCH_QUOTED_MS[model]:.1f} ms per constrained step; "
-          f"l0jax's per-example L0 step above is {PYTORCH_QUOTED_MS[model] / mine:.2f}x "
-          "faster")
+    line = (f"  {model}: l0jax's per-example L0 step is "
+            f"{PYTORCH_QUOTED_MS[model] / mine:.2f}x faster than the quoted "
+            f"{PYTORCH_QUOTED_MS[model]:.1f} ms")
+    if torch_version:
+      torch_ms = next(r[2] for r in rows if r[0] == model and r[1] == TORCH_LABEL)
+      scaled = torch_ms * PYTORCH_QUOTED_MS[model] / PYTORCH_QUOTED_DENSE_MS[model]
+      line += (f"; the dense PyTorch {torch_version} step measured in this run takes "
+               f"{torch_ms:.2f} ms ({torch_ms / mine:.2f}x l0jax's L0 step), which puts "
+               f"the reference at {scaled:.2f} ms in this run: "
+               f"{scaled / mine:.2f}x l0jax's L0 step")
+    print(line)
+  if not torch_version:
+    print("  (install PyTorch, e.g. `pip install torch==2.13.0`, to time a dense "
+          "PyTorch step in the same run)")
 
   if args.compare:
     if "lenet5" in models:
