@@ -5,7 +5,9 @@ CPU build on this machine; it is not a dependency of l0jax). The step is what a 
 user writes for the dense model: forward, cross-entropy, backward, Adam, with as many
 threads as CPUs and subnormals flushed to zero (XLA:CPU flushes them too). PyTorch
 L0 code does this and more (gate sampling, the penalty or the Lagrangian), so its
-step is at least this long.
+step is at least this long. PyTorch's OpenMP threads spin briefly after each step
+before they sleep; against the 100+ ms that ``step_time.py`` times each runner in a
+round that is noise, and ``--no_torch`` times the JAX steps without it.
 """
 
 import os

@@ -300,7 +300,16 @@ class L0Conv(_GateMixin, nn.Module):
     x, kernel, bias, log_alpha = nn.dtypes.promote_dtype(
         x, kernel, bias, log_alpha, dtype=self.dtype)
 
-    post = (lambda y: y) if post is None else post
+    def post_checked(y):
+      if post is None:
+        return y
+      out = post(y)
+      if out.shape[:1] != y.shape[:1] or out.shape[-1] != self.features:
+        raise ValueError(f"post must keep the batch axis first and the "
+                         f"{self.features} channels last, got shape {out.shape} from "
+                         f"{y.shape}")
+      return out
+
     per_example = self.sample_per_example and not deterministic
     if self.unstructured:
       if per_example:
@@ -308,15 +317,12 @@ class L0Conv(_GateMixin, nn.Module):
         y = jax.vmap(lambda xi, ki: self._conv(xi[None], ki)[0])(x, kernel * z)
       else:
         y = self._conv(x, kernel * self._gates(log_alpha, deterministic, ()))
-      return post(y + bias if bias is not None else y)
+      return post_checked(y + bias if bias is not None else y)
     if not per_example:  # fold the shared gates into the kernel and bias
       z = self._gates(log_alpha, deterministic, ())
       y = self._conv(x, kernel * z)
-      return post(y + bias * z if bias is not None else y)
+      return post_checked(y + bias * z if bias is not None else y)
     z = self._gates(log_alpha, deterministic, x.shape[:1])
     y = self._conv(x, kernel)
-    y = post(y + bias if bias is not None else y)
-    if y.shape[:1] != x.shape[:1] or y.shape[-1] != self.features:
-      raise ValueError(f"post must keep the batch axis first and the {self.features} "
-                       f"channels last, got shape {y.shape} from input {x.shape}")
+    y = post_checked(y + bias if bias is not None else y)
     return y * z.reshape((x.shape[0],) + (1,) * (y.ndim - 2) + (self.features,))

@@ -79,13 +79,17 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
   (no-op transposes for the usual NHWC / HWIO layouts).
 
   The receptive fields are gathered (im2col) over every spatial axis but the first.
-  When the first axis has stride 1, its taps are not gathered: one matrix multiply
-  contracts the patches with the kernel of every first-axis tap at once,
-  ``(N, H, W', kw * C) @ (kw * C, kh * O)``, and the output is the sum of ``kh`` row
-  shifts of that product. Against gathering all ``kh * kw`` taps this copies ``kh``
-  times less, gives the multiply ``kh`` times more output columns (XLA:CPU runs
-  skinny products slowly) and costs ``H / H'`` times the FLOPs. With a first-axis
-  stride above 1, whose shifted rows would be mostly unused, every axis is gathered.
+  The taps along the first axis are not gathered when its stride is 1, it has more
+  than one tap and the product below writes less than the full patches would
+  (``rows * O < rows_out * kw * C``: LeNet's conv2, not its one-channel conv1): one
+  matrix multiply contracts the patches with the kernel of every first-axis tap at
+  once, ``(N, H, W', kw * C) @ (kw * C, kh * O)``, and the output is the sum of ``kh``
+  row shifts of that product. Against gathering all ``kh * kw`` taps this copies
+  ``kh`` times less, gives the multiply ``kh`` times more output columns (XLA:CPU runs
+  skinny products slowly) and costs ``H / H'`` times the FLOPs. Otherwise (a
+  first-axis stride above 1 would leave most shifted rows unused) every axis is
+  gathered. For floating inputs narrower than float32 the shifted products are
+  summed in float32 (as XLA's convolution accumulates) and rounded once.
   """
   spatial = lhs.ndim - 2
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -113,15 +117,12 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
                      f"padded input {x.shape[1:-1]}")
   # Shift the first axis's taps when its stride is 1 and the product the shift form
   # writes, (rows, kh * O) per output column, is smaller than the patches the full
-  # gather writes, (rows out, kh * kw * C): true for LeNet's conv2, not for its
-  # one-channel conv1.
-  rows = (out[0] - 1) + effective[0]
+  # gather writes, (rows out, kh * kw * C). With stride 1 every padded row is read.
+  rows = x.shape[1]
   gathered_size = math.prod(window[1:]) * x.shape[-1]
   shift_first = (strides[0] == 1 and window[0] > 1
                  and rows * w.shape[-1] < out[0] * gathered_size)
   gathered = range(1 if shift_first else 0, spatial)
-  if shift_first:  # keep the rows any output reads, all of them
-    x = x[:, :rows]
   patches = []
   for offset in itertools.product(*(range(window[a]) for a in gathered)):
     start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
@@ -137,11 +138,21 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
   kernel = kernel.reshape(-1, taps * w.shape[-1])
   # A 2-D product: XLA:CPU lays out the backward pass's products worse for the
   # N-D form of the same contraction (extra transposes of the cotangent).
+  accumulate = preferred_element_type
+  narrow_float = (jnp.issubdtype(patches.dtype, jnp.floating)
+                  and jnp.finfo(patches.dtype).bits < 32)
+  if shift_first and accumulate is None and narrow_float:
+    accumulate = jnp.float32
   y = lax.dot_general(patches.reshape(-1, patches.shape[-1]), kernel,
                       (((1,), (0,)), ((), ())), precision=precision,
-                      preferred_element_type=preferred_element_type)
+                      preferred_element_type=accumulate)
   y = y.reshape(patches.shape[:-1] + (taps, w.shape[-1]))
-  y = _shifted_tap_sum(y, taps, dilation[0]) if shift_first else y[..., 0, :]
+  if shift_first:
+    y = _shifted_tap_sum(y, dilation[0])
+    if accumulate is not preferred_element_type:
+      y = y.astype(jnp.result_type(patches.dtype, kernel.dtype))
+  else:
+    y = y[..., 0, :]
   # y is (N, spatial..., O); put each logical dim where out_spec wants it.
   perm = [0] * y.ndim
   perm[out_spec[0]] = 0
@@ -151,33 +162,22 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
   return jnp.transpose(y, perm)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _shifted_tap_sum(z, taps: int, dilation: int):
+def _shifted_tap_sum(z, dilation: int):
   """``y[:, r] = sum_i z[:, r + i * dilation, ..., i, :]`` over the rows ``r`` that
-  every tap reaches.
+  every tap reaches; ``z`` is ``(N, rows, ..., taps, O)``.
 
-  ``z`` is ``(N, rows, ..., taps, O)``. The VJP writes the cotangent of ``z`` in one
-  pass, a stack of ``taps`` row-shifted copies of the output cotangent. Autodiff's
-  transpose of the slices pads every term to the full shape of ``z`` instead, and
-  XLA:CPU can materialize all of them before adding (3x slower for LeNet's conv2).
+  ``z`` is split into its taps first (``lax.split``), so that autodiff's transpose is
+  one concatenation of tap-sized, row-shifted copies of the output cotangent, which
+  XLA:CPU writes in one pass. Slicing each tap out of ``z`` directly transposes to
+  pads of the full shape of ``z``, which XLA:CPU can materialize one by one before
+  adding them (3x slower for LeNet's conv2). Plain JAX ops, so forward mode works.
   """
+  taps = z.shape[-2]
   out_rows = z.shape[1] - (taps - 1) * dilation
+  pieces = lax.split(z, (1,) * taps, axis=z.ndim - 2)
   return functools.reduce(jnp.add, (
-      z[:, i * dilation:i * dilation + out_rows, ..., i, :] for i in range(taps)))
-
-
-def _shifted_tap_sum_fwd(z, taps, dilation):
-  return _shifted_tap_sum(z, taps, dilation), None
-
-
-def _shifted_tap_sum_bwd(taps, dilation, _, dy):
-  extra = (taps - 1) * dilation
-  no_pad = ((0, 0),) * (dy.ndim - 2)
-  return (jnp.stack([jnp.pad(dy, ((0, 0), (i * dilation, extra - i * dilation))
-                             + no_pad) for i in range(taps)], axis=-2),)
-
-
-_shifted_tap_sum.defvjp(_shifted_tap_sum_fwd, _shifted_tap_sum_bwd)
+      piece[:, i * dilation:i * dilation + out_rows, ..., 0, :]
+      for i, piece in enumerate(pieces)))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding: Padding,

@@ -305,19 +305,25 @@ def _relu_pool(y):
   return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2))
 
 
-@pytest.mark.parametrize("per_example", [False, True])
-def test_conv_post_is_the_same_function_as_post_after_the_layer(per_example):
-  # The gates move past ReLU + max pooling (positively homogeneous): same outputs
-  # and gradients, including closed gates (z == 0) where log_alpha gets none.
+@pytest.mark.parametrize("per_example,unstructured,deterministic", [
+    (True, False, False), (False, False, False), (False, False, True),
+    (True, True, False)])
+def test_conv_post_is_the_same_function_as_post_after_the_layer(per_example,
+                                                                unstructured,
+                                                                deterministic):
+  # Structured gates move past ReLU + max pooling (positively homogeneous): same
+  # outputs and gradients, including closed gates (z == 0) where nothing flows.
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, 8, 8, 2)), jnp.float32)
-  layer = L0Conv(4, (3, 3), padding="SAME", sample_per_example=per_example)
+  layer = L0Conv(4, (3, 3), padding="SAME", sample_per_example=per_example,
+                 unstructured=unstructured)
   params = _init(layer, x)["params"]
-  params["log_alpha"] = jnp.array([-9.0, 0.0, 0.5, 9.0])  # closed, open, between
+  if not unstructured:
+    params["log_alpha"] = jnp.array([-9.0, 0.0, 0.5, 9.0])  # closed, open, between
 
   def loss(post_inside):
     def fn(p, x):
-      kwargs = dict(deterministic=False, rngs={"gates": KEYS["gates"]})
+      kwargs = dict(deterministic=deterministic, rngs={"gates": KEYS["gates"]})
       y = (layer.apply({"params": p}, x, post=_relu_pool, **kwargs) if post_inside
            else _relu_pool(layer.apply({"params": p}, x, **kwargs)))
       return jnp.sum(jnp.sin(y)), y
@@ -328,30 +334,51 @@ def test_conv_post_is_the_same_function_as_post_after_the_layer(per_example):
   np.testing.assert_allclose(y_in, y_out, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(g_in), jax.tree.leaves(g_out)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+  if not unstructured and not deterministic:
+    # The closed channel is exactly zero and gets no gradient, on both paths.
+    assert not np.any(np.asarray(y_in[..., 0]))
+    for g in (g_in, g_out):
+      assert not np.any(np.asarray(g[0]["kernel"][..., 0]))
+      assert float(g[0]["log_alpha"][0]) == 0.0
 
 
 def test_conv_post_must_keep_batch_and_channels():
   x = jnp.ones((2, 6, 6, 1))
   layer = L0Conv(3, (3, 3))
   params = _init(layer, x)["params"]
-  with pytest.raises(ValueError, match="post must keep"):
-    layer.apply({"params": params}, x, deterministic=False,
-                post=lambda y: y[..., :2], rngs={"gates": KEYS["gates"]})
+  for deterministic in (False, True):
+    with pytest.raises(ValueError, match="post must keep"):
+      layer.apply({"params": params}, x, deterministic=deterministic,
+                  post=lambda y: y[..., :2], rngs={"gates": KEYS["gates"]})
 
 
-def test_per_batch_conv_gates_folded_into_kernel_give_the_formula():
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_per_batch_conv_gates_folded_into_kernel_give_the_formula(use_bias):
   from l0jax import layers
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
-  layer = L0Conv(5, (3, 3), padding="VALID", sample_per_example=False)
+  layer = L0Conv(5, (3, 3), padding="VALID", sample_per_example=False,
+                 use_bias=use_bias)
   params = _init(layer, x)["params"]
-  params["bias"] = jnp.asarray(rng.normal(size=5), jnp.float32)
+  if use_bias:
+    params["bias"] = jnp.asarray(rng.normal(size=5), jnp.float32)
   params["log_alpha"] = jnp.asarray(rng.normal(size=5) * 3, jnp.float32)
   u = jnp.asarray(rng.uniform(size=5), jnp.float32)
-  y = layer.apply({"params": params, layers.NOISE_COLLECTION: {"uniform": u}}, x,
-                  deterministic=False)
-  z = gates.hard_concrete_from_uniform(u, params["log_alpha"])
-  assert np.ptp(np.asarray(z)) > 0.1  # gates that differ, so the fold is seen
-  plain = jax.lax.conv_general_dilated(x, params["kernel"], (1, 1), "VALID",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(y, (plain + params["bias"]) * z, rtol=1e-5, atol=1e-5)
+  assert np.ptp(np.asarray(gates.hard_concrete_from_uniform(
+      u, params["log_alpha"]))) > 0.1  # gates that differ, so the fold is seen
+
+  def folded(p, x):
+    return layer.apply({"params": p, layers.NOISE_COLLECTION: {"uniform": u}}, x,
+                       deterministic=False)
+
+  def formula(p, x):  # (conv(x, kernel) + bias) * z, written out
+    z = gates.hard_concrete_from_uniform(u, p["log_alpha"])
+    y = jax.lax.conv_general_dilated(x, p["kernel"], (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return (y + p["bias"] if use_bias else y) * z
+  np.testing.assert_allclose(folded(params, x), formula(params, x), rtol=1e-5,
+                             atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=(2, 5, 5, 5)), jnp.float32)
+  grads = [jax.vjp(f, params, x)[1](cotangent) for f in (folded, formula)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -95,22 +95,79 @@ def test_first_axis_taps_are_shifted_when_that_writes_less(x_shape, k_shape, shi
   x, k = _normal(rng, *x_shape), _normal(rng, *k_shape)
   fast = lambda x, k: ops.im2col_conv(x, k, (1, 1), "VALID",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  assert ("custom_vjp" in str(jax.make_jaxpr(fast)(x, k))) == shifted
+  assert (" split[" in str(jax.make_jaxpr(fast)(x, k))) == shifted
   _assert_same_function(fast, lambda x, k: lax.conv_general_dilated(
       x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k,
       atol=2e-4)  # outputs reach ~30: sums of 500 products, rounded in float32
 
 
+@pytest.mark.parametrize("dims,x_shape,k_shape,strides,dilation,padding", [
+    (("NWC", "WIO", "NWC"), (2, 13, 8), (4, 8, 3), (1,), (2,), "SAME"),
+    (("NHWC", "HWIO", "NHWC"), (2, 11, 12, 8), (3, 2, 8, 3), (1, 2), (2, 3),
+     ((1, 2), (0, 3))),
+    (("NDHWC", "DHWIO", "NDHWC"), (2, 7, 5, 6, 6), (3, 2, 2, 6, 2), (1, 1, 2),
+     (2, 1, 1), "SAME")])
+def test_shift_form_with_dilation_strides_padding_in_1d_2d_3d(dims, x_shape, k_shape,
+                                                             strides, dilation,
+                                                             padding):
+  rng = np.random.default_rng(3)
+  x, k = _normal(rng, *x_shape), _normal(rng, *k_shape)
+  args = dict(rhs_dilation=dilation, dimension_numbers=dims)
+  fast = lambda x, k: ops.im2col_conv(x, k, strides, padding, **args)
+  assert " split[" in str(jax.make_jaxpr(fast)(x, k))  # the shift form runs
+  _assert_same_function(fast, lambda x, k: lax.conv_general_dilated(
+      x, k, strides, padding, **args), x, k, atol=1e-4)
+
+
 @pytest.mark.parametrize("taps,dilation", [(1, 1), (3, 1), (3, 2), (5, 1)])
-def test_shifted_tap_sum_vjp_equals_autodiff_of_the_slices(taps, dilation):
+def test_shifted_tap_sum_equals_numpy_and_transposes_to_tap_sized_pads(taps,
+                                                                       dilation):
   rng = np.random.default_rng(taps * 10 + dilation)
   z = _normal(rng, 2, 4 + (taps - 1) * dilation, 3, taps, 5)
+  z64 = np.asarray(z, np.float64)
+  want = sum(z64[:, i * dilation:i * dilation + 4, :, i, :] for i in range(taps))
+  np.testing.assert_allclose(ops._shifted_tap_sum(z, dilation), want, rtol=1e-6,
+                             atol=1e-6)
+  # The backward pass pads tap-sized pieces and concatenates them: no pad writes an
+  # array of z's full shape (what made XLA:CPU slow).
+  _, vjp = jax.vjp(lambda z: ops._shifted_tap_sum(z, dilation), z)
+  cotangent = _normal(rng, *want.shape)
+  backward = jax.make_jaxpr(vjp)(cotangent)
+  pads = [e for e in backward.eqns if e.primitive.name == "pad"]
+  assert all(e.outvars[0].aval.shape[-2] == 1 for e in pads)
+  (grad,) = vjp(cotangent)
+  want_grad = np.zeros_like(z64)
+  for i in range(taps):
+    want_grad[:, i * dilation:i * dilation + 4, :, i, :] += np.asarray(cotangent)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
 
-  def plain(z):
-    rows = z.shape[1] - (taps - 1) * dilation
-    return sum(z[:, i * dilation:i * dilation + rows, :, i, :] for i in range(taps))
-  _assert_same_function(lambda z: ops._shifted_tap_sum(z, taps, dilation), plain, z,
-                        rtol=1e-6, atol=1e-6)
+
+def test_forward_mode_autodiff_of_the_matmul_conv():
+  rng = np.random.default_rng(4)
+  x, k = _normal(rng, 2, 12, 12, 20), _normal(rng, 5, 5, 20, 50)
+  tx, tk = _normal(rng, *x.shape), _normal(rng, *k.shape)
+  conv = lambda method: lambda x, k: ops.conv_general_dilated(
+      x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      method=method)
+  _, fast = jax.jvp(conv("matmul"), (x, k), (tx, tk))
+  _, plain = jax.jvp(conv("xla"), (x, k), (tx, tk))
+  np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=5e-4)
+
+
+def test_bfloat16_shifted_taps_are_summed_in_float32():
+  rng = np.random.default_rng(5)
+  x, k = _normal(rng, 4, 12, 12, 20), _normal(rng, 5, 5, 20, 50)
+  dims = ("NHWC", "HWIO", "NHWC")
+  exact = lax.conv_general_dilated(x.astype(jnp.bfloat16).astype(jnp.float32),
+                                   k.astype(jnp.bfloat16).astype(jnp.float32),
+                                   (1, 1), "VALID", dimension_numbers=dims,
+                                   precision="highest")
+  got = ops.im2col_conv(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), (1, 1),
+                        "VALID", dimension_numbers=dims)
+  assert got.dtype == jnp.bfloat16
+  # One rounding to bfloat16 (8 bits): at most half an ulp of the result.
+  ulp = 2.0 ** (np.floor(np.log2(np.abs(np.asarray(exact)) + 1e-30)) - 7)
+  assert np.all(np.abs(np.asarray(got, np.float32) - exact) <= 0.5 * ulp + 1e-3)
 
 
 def test_auto_runs_the_matmul_form_on_cpu():
