@@ -8,9 +8,10 @@ Everything is measured in this one run on this machine, and the variants are tim
 turns (round-robin, median of ``--repeats`` rounds) so that a slower or busier moment
 hits all of them alike; compare ratios, not absolute times across runs.
 
-* Steps are the trainer's real jitted step (``train_lib.make_train_step``, pmap on one
-  device, constraint and dual update included) on random images (a step's cost does
-  not depend on the pixels).
+* Steps are the trainer's real jitted steps (``train_lib.make_multi_train_step``,
+  ``config.steps_per_dispatch`` = 10 steps per call as ``train.py`` runs them, pmap on
+  one device, constraint and dual update included) on random images (a step's cost
+  does not depend on the pixels). ``--compare`` adds the L0 step called once per step.
 * ``GFLOP/s`` is the step's matrix-multiply FLOPs (dot and convolution FLOPs of the
   dense model's forward and backward pass, counted from its jaxpr) per second. The
   floor is those FLOPs at the matmul rate measured here (a 1024^3 and a 2048^3
@@ -32,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,12 +55,14 @@ TORCH_LABEL = "PyTorch dense step"
 
 
 def step_config(model: str, gated: bool, per_example: bool = True,
-                ops_method: str = "auto"):
+                ops_method: str = "auto", steps_per_dispatch: Optional[int] = None):
   config = default.get_config()
   config.model = model
   config.gated = gated
   config.sample_per_example = per_example
   config.ops_method = ops_method
+  if steps_per_dispatch is not None:
+    config.steps_per_dispatch = steps_per_dispatch
   config.target_density = 0.33 if model == "mlp" else 0.10
   config.dual_learning_rate = 1e-2
   return config
@@ -72,17 +76,28 @@ def random_batch(batch_size: int, seed: int = 0):
 
 
 def step_runner(config, batch_size: int):
-  """``run(n)``: n training steps of ``config``, blocking at the end."""
+  """``run(n)``: n training steps of ``config``, blocking at the end.
+
+  As the trainer runs them: ``train_lib.steps_per_call`` steps per call where ``n``
+  allows, single steps for the rest.
+  """
   mesh = train_lib.make_mesh(jax.devices()[:1])
   task = train_lib.make_task(config, 1000)
   state = train_lib.replicate(train_lib.init_state(config, task), mesh)
   step = train_lib.make_train_step(config, task, mesh)
-  batch = train_lib.shard_batch(random_batch(batch_size), mesh)
+  multi_step = train_lib.make_multi_train_step(config, task, mesh)
+  k = train_lib.steps_per_call(config, mesh)
+  host_batch = random_batch(batch_size)
+  batch = train_lib.shard_batch(host_batch, mesh)
+  stacked = train_lib.shard_batch(train_lib.stack_batches([host_batch] * k), mesh)
   holder = {"state": state}
 
   def run(n: int):
     state = holder["state"]
-    for _ in range(n):
+    calls, rest = divmod(n, k) if k > 1 else (0, n)
+    for _ in range(calls):
+      state, metrics = multi_step(state, stacked)
+    for _ in range(rest):
       state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     holder["state"] = state
@@ -256,6 +271,9 @@ def variants(model: str, compare: bool):
   out = [("dense", step_config(model, gated=False)),
          ("L0, per-example noise", step_config(model, gated=True)),
          ("L0, per-batch noise", step_config(model, gated=True, per_example=False))]
+  if compare:
+    out.append(("L0 per-example, 1 step per call",
+                step_config(model, True, steps_per_dispatch=1)))
   if compare and model != "mlp":
     out += [("dense, XLA conv/pool", step_config(model, False, ops_method="xla")),
             ("L0 per-example, XLA conv/pool",
@@ -293,20 +311,20 @@ def main():
     runners = {label: step_runner(config, args.batch_size) for label, config in configs}
     if torch_version:
       runners[TORCH_LABEL] = torch_steps.step_runner(model, args.batch_size)
-    steps = {label: 50 if model == "mlp" else 5 for label in runners}
+    steps = {label: 50 if model == "mlp" else 10 for label in runners}
     ms = time_round_robin(runners, steps, args.repeats)
     dense = ms[configs[0][0]]
     for label, value in ms.items():
       rows.append((model, label, value, flops / (value * 1e-3) / 1e9, value / floor,
                    value / dense))
     rows.append((model, "FLOP floor", floor, rate, 1.0, floor / dense))
-  header = (f"{'model':7} {'step':31} {'ms/step':>8} {'GFLOP/s':>8} {'x floor':>8} "
+  header = (f"{'model':7} {'step':33} {'ms/step':>8} {'GFLOP/s':>8} {'x floor':>8} "
             f"{'x dense':>8}")
   print()
   print(header)
   print("-" * len(header))
   for model, label, value, gflops, x_floor, x_dense in rows:
-    print(f"{model:7} {label:31} {value:8.2f} {gflops:8.1f} {x_floor:8.2f} "
+    print(f"{model:7} {label:33} {value:8.2f} {gflops:8.1f} {x_floor:8.2f} "
           f"{x_dense:8.2f}")
   print("\nPyTorch reference L0 code (issue 7, same CPU): "
         + ", ".join(f"{m} {PYTORCH_QUOTED_MS[m]:.1f} ms = "

@@ -162,6 +162,7 @@ BAD_VALUES = [
     ("learning_rate", -1e-3), ("gate_learning_rate", -1.0), ("dual_learning_rate", -0.1),
     ("method", "magic"), ("constraint", "global"), ("scheme", "sgda"),
     ("test_gate", "mean"), ("parallel", "vmap"), ("optimizer", "lion"),
+    ("steps_per_dispatch", 0),
 ]
 
 
@@ -271,3 +272,61 @@ def test_cascade_density_mode_constrains_the_cascade_density(fake_dataset, const
   config.density_mode = "deployed"
   with pytest.raises(train_lib.ConfigError, match="config.density_mode="):
     train_lib.validate_config(config, 4)
+
+
+def test_multi_step_dispatch_equals_single_steps(fake_dataset):
+  config = small_config(fake_dataset)  # per-example noise: a function of the step
+  devices = jax.devices()[:2]
+  mesh = train_lib.make_mesh(devices)
+  task = train_lib.make_task(config, 100)
+  host_state = train_lib.init_state(config, task)
+  source = train_lib.load_source(config, "train")
+  batches = input_pipeline.train_iterator(
+      source, global_batch_size=config.batch_size, seed=config.seed,
+      local_device_count=len(devices))
+  chunk = [next(batches) for _ in range(3)]
+
+  single = train_lib.make_train_step(config, task, mesh)
+  state = train_lib.replicate(host_state, mesh)
+  for batch in chunk:
+    state, metrics = single(state, train_lib.shard_batch(batch, mesh))
+  multi = train_lib.make_multi_train_step(config, task, mesh)
+  stacked = train_lib.stack_batches(chunk)
+  assert stacked["image"].shape[:3] == (2, 3, 10)
+  state3, metrics3 = multi(train_lib.replicate(host_state, mesh),
+                           train_lib.shard_batch(stacked, mesh))
+  assert int(train_lib.unreplicate(state3.step)) == 3
+  _assert_trees_close(train_lib.unreplicate(state3), train_lib.unreplicate(state), 1e-6)
+  _assert_trees_close(train_lib.unreplicate(metrics3), train_lib.unreplicate(metrics),
+                      1e-6)
+
+
+def test_steps_per_dispatch_gives_the_same_run(fake_dataset, tmp_path):
+  # 10 steps, events at 2, 3, 4, 6, 8, 9, 10: calls of 4 steps only fit nowhere, of
+  # 2 steps in places; the logs, evaluations and final state must not change.
+  devices = jax.devices()[:2]
+  runs = {}
+  for k in (1, 2, 4):
+    config = small_config(fake_dataset, num_train_steps=10, log_every_steps=2,
+                          eval_every_steps=3, checkpoint_every_steps=4,
+                          steps_per_dispatch=k)
+    summary = train_lib.train_and_evaluate(config, str(tmp_path / f"k{k}"), devices)
+    metrics = [{key: v for key, v in r.items() if key != "examples_per_sec"}
+               for r in train_lib.read_metrics(str(tmp_path / f"k{k}"))]
+    runs[k] = summary, metrics, _final_checkpoint(config, str(tmp_path / f"k{k}"),
+                                                  devices)
+  for k in (2, 4):
+    assert [r["step"] for r in runs[k][1]] == [r["step"] for r in runs[1][1]]
+    for a, b in zip(runs[k][1], runs[1][1]):
+      np.testing.assert_allclose(a.get("loss", a.get("test_loss")),
+                                 b.get("loss", b.get("test_loss")), rtol=1e-5)
+    _assert_trees_close(runs[k][2], runs[1][2], 1e-5)
+    assert runs[k][0]["test_error"] == pytest.approx(runs[1][0]["test_error"])
+
+
+def test_steps_per_call_is_one_for_xla_convolutions_on_cpu(fake_dataset):
+  mesh = train_lib.make_mesh(jax.devices()[:1])
+  config = small_config(fake_dataset, steps_per_dispatch=7)
+  assert train_lib.steps_per_call(config, mesh) == 7
+  config.ops_method = "xla"
+  assert train_lib.steps_per_call(config, mesh) == 1
