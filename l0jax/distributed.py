@@ -43,7 +43,8 @@ Failures are bounded in time:
 * a process that raises ends at once (:func:`stop_all_on_error`), so the others
   follow as above instead of waiting at JAX's shutdown barrier;
 * SIGTERM on any process (preemption): JAX's preemption service makes the processes
-  agree on a step; the training loop saves a checkpoint there and raises
+  agree on a step; the training loop saves a checkpoint at the end of the call that
+  holds it (several steps run per call, ``config.steps_per_dispatch``) and raises
   :class:`Preempted` (:func:`reached_preemption_sync_point`).
 
 A process that is alive but stuck (e.g. on a hung file system) keeps sending

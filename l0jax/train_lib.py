@@ -422,9 +422,11 @@ def make_multi_train_step(config, task: Task, mesh: Mesh) -> Callable:
 
   ``batches`` holds ``k`` batches stacked on axis 1 (``[devices, k, b, ...]``); the
   steps run in a ``lax.scan`` and the metrics are the last step's. The same steps as
-  ``k`` calls of :func:`make_train_step` (same noise, same updates), without ``k - 1``
-  host round trips: dispatching the pmapped step costs a small model's step about a
-  fifth of its time on CPU (``python benchmarks/step_time.py``).
+  ``k`` calls of :func:`make_train_step` (same noise, same updates) in one call. On
+  CPU that made the MLP and LeNet L0 steps about 1.2x faster (``python
+  benchmarks/step_time.py --compare``), more than the 0.1 ms an empty pmapped step
+  takes to dispatch: XLA also runs the scan body with less overlap of independent ops,
+  which measured faster here; the split between the two was not measured.
   """
   body = functools.partial(train_step_body, config=config, task=task)
 
@@ -436,10 +438,13 @@ def make_multi_train_step(config, task: Task, mesh: Mesh) -> Callable:
 
 def steps_per_call(config, mesh: Mesh) -> int:
   """How many steps the loop runs per call: ``config.steps_per_dispatch``, except one
-  with ``ops_method="xla"`` on CPU, where XLA's convolution gradients run about 4x
-  slower inside ``lax.scan`` than in a step of their own."""
+  for a convolutional model with ``ops_method="xla"`` on CPU, where XLA's convolution
+  gradients run about 4x slower inside ``lax.scan`` than in a step of their own."""
   on_cpu = mesh.devices.flat[0].platform == "cpu"
-  return 1 if on_cpu and config.ops_method == "xla" else config.steps_per_dispatch
+  has_convolutions = config.model != "mlp"
+  if on_cpu and has_convolutions and config.ops_method == "xla":
+    return 1
+  return config.steps_per_dispatch
 
 
 def stack_batches(batches: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -766,6 +771,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return min([total_steps] + [(step // e + 1) * e for e in every if e > 0])
 
   per_call = steps_per_call(config, mesh)
+  # The preemption service agrees on the step after the last one a process reported;
+  # report the resumed step, or a notice before the first step would agree on step 1.
+  distributed.reached_preemption_sync_point(start_step)
   step = start_step
   result = report = None  # the evaluation of the latest eval step
   while step < total_steps:

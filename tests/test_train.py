@@ -274,8 +274,10 @@ def test_cascade_density_mode_constrains_the_cascade_density(fake_dataset, const
     train_lib.validate_config(config, 4)
 
 
-def test_multi_step_dispatch_equals_single_steps(fake_dataset):
-  config = small_config(fake_dataset)  # per-example noise: a function of the step
+@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
+def test_multi_step_dispatch_equals_single_steps(fake_dataset, parallel):
+  # per-example noise: a function of the step, so a wrong step count would show
+  config = small_config(fake_dataset, parallel=parallel)
   devices = jax.devices()[:2]
   mesh = train_lib.make_mesh(devices)
   task = train_lib.make_task(config, 100)
@@ -301,32 +303,89 @@ def test_multi_step_dispatch_equals_single_steps(fake_dataset):
                       1e-6)
 
 
-def test_steps_per_dispatch_gives_the_same_run(fake_dataset, tmp_path):
-  # 10 steps, events at 2, 3, 4, 6, 8, 9, 10: calls of 4 steps only fit nowhere, of
-  # 2 steps in places; the logs, evaluations and final state must not change.
+def _count_multi_step_calls(monkeypatch):
+  calls = []
+  real = train_lib.make_multi_train_step
+
+  def counting(*args, **kwargs):
+    fn = real(*args, **kwargs)
+
+    def wrapped(state, batches):
+      calls.append(batches["label"].shape[1])
+      return fn(state, batches)
+    return wrapped
+  monkeypatch.setattr(train_lib, "make_multi_train_step", counting)
+  return calls
+
+
+def _records(workdir):
+  return [{k: v for k, v in r.items() if k != "examples_per_sec"}
+          for r in train_lib.read_metrics(workdir)]
+
+
+def _assert_records_close(a, b):
+  assert [sorted(r) for r in a] == [sorted(r) for r in b]
+  for ra, rb in zip(a, b):
+    for key in ra:
+      np.testing.assert_allclose(np.asarray(jax.tree.leaves(ra[key])),
+                                 np.asarray(jax.tree.leaves(rb[key])), rtol=1e-5,
+                                 atol=1e-7, err_msg=key)
+
+
+def test_steps_per_dispatch_gives_the_same_run(fake_dataset, tmp_path, monkeypatch):
+  # 12 steps, events at 4, 6, 8, 12: k=2 runs six 2-step calls; k=4 runs 0-4 and
+  # 8-12 as 4-step calls and 4-8 as single steps.
   devices = jax.devices()[:2]
+  calls = _count_multi_step_calls(monkeypatch)
   runs = {}
   for k in (1, 2, 4):
-    config = small_config(fake_dataset, num_train_steps=10, log_every_steps=2,
-                          eval_every_steps=3, checkpoint_every_steps=4,
+    config = small_config(fake_dataset, num_train_steps=12, log_every_steps=4,
+                          eval_every_steps=6, checkpoint_every_steps=12,
                           steps_per_dispatch=k)
+    calls.clear()
     summary = train_lib.train_and_evaluate(config, str(tmp_path / f"k{k}"), devices)
-    metrics = [{key: v for key, v in r.items() if key != "examples_per_sec"}
-               for r in train_lib.read_metrics(str(tmp_path / f"k{k}"))]
-    runs[k] = summary, metrics, _final_checkpoint(config, str(tmp_path / f"k{k}"),
-                                                  devices)
+    runs[k] = (summary, _records(str(tmp_path / f"k{k}")),
+               _final_checkpoint(config, str(tmp_path / f"k{k}"), devices), list(calls))
+  assert runs[1][3] == [] and runs[2][3] == [2] * 6 and runs[4][3] == [4, 4]
   for k in (2, 4):
-    assert [r["step"] for r in runs[k][1]] == [r["step"] for r in runs[1][1]]
-    for a, b in zip(runs[k][1], runs[1][1]):
-      np.testing.assert_allclose(a.get("loss", a.get("test_loss")),
-                                 b.get("loss", b.get("test_loss")), rtol=1e-5)
+    _assert_records_close(runs[k][1], runs[1][1])
     _assert_trees_close(runs[k][2], runs[1][2], 1e-5)
     assert runs[k][0]["test_error"] == pytest.approx(runs[1][0]["test_error"])
 
 
+def test_preemption_inside_a_multi_step_call_saves_at_its_end_and_resumes(
+    fake_dataset, tmp_path, monkeypatch):
+  from l0jax import distributed
+  devices = jax.devices()[:2]
+  config = small_config(fake_dataset, num_train_steps=12, log_every_steps=3,
+                        eval_every_steps=0, checkpoint_every_steps=12,
+                        steps_per_dispatch=2)
+  train_lib.train_and_evaluate(config, str(tmp_path / "straight"), devices)
+
+  # Events at 3, 6, 9, 12: calls 0-2 (2 steps), 3, 3-5, 6, ...; the processes agree on
+  # step 4, inside the 2-step call 3-5, so the run saves at 5 and stops.
+  queried = []
+  monkeypatch.setattr(distributed, "reached_preemption_sync_point",
+                      lambda s: queried.append(s) or s == 4)
+  with pytest.raises(distributed.Preempted, match="step 5"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
+  assert queried == [0, 1, 2, 3, 4, 5]
+  queried.clear()
+  train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
+  assert queried == list(range(5, 13))  # resumed at 5, not a multiple of k
+  a = _final_checkpoint(config, str(tmp_path / "straight"), devices)
+  b = _final_checkpoint(config, str(tmp_path / "resumed"), devices)
+  assert int(a.step) == int(b.step) == 12
+  _assert_trees_close(a, b, 1e-6)
+  _assert_records_close(_records(str(tmp_path / "resumed")),
+                        _records(str(tmp_path / "straight")))
+
+
 def test_steps_per_call_is_one_for_xla_convolutions_on_cpu(fake_dataset):
-  mesh = train_lib.make_mesh(jax.devices()[:1])
+  mesh = train_lib.make_mesh(jax.devices("cpu")[:1])
   config = small_config(fake_dataset, steps_per_dispatch=7)
   assert train_lib.steps_per_call(config, mesh) == 7
   config.ops_method = "xla"
+  assert train_lib.steps_per_call(config, mesh) == 7  # the MLP has no convolutions
+  config.model = "lenet5"
   assert train_lib.steps_per_call(config, mesh) == 1
