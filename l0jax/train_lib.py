@@ -457,14 +457,14 @@ def make_eval_step(config, task: Task, mesh: Mesh) -> Callable:
   return parallelize(body, config, mesh, donate=False)
 
 
-_STEP_FUNCTIONS: Dict[tuple, tuple] = {}
-
-
 class StepFunctions(NamedTuple):
   task: Task
   train: Callable        # make_train_step
   train_multi: Callable  # make_multi_train_step
   eval: Callable         # make_eval_step
+
+
+_STEP_FUNCTIONS: Dict[tuple, StepFunctions] = {}
 
 
 def step_functions(config, mesh: Mesh, total_steps: Optional[int]) -> StepFunctions:
@@ -848,9 +848,12 @@ def _total_steps(config) -> int:
   return num_train_steps(config, len(load_source(config, config.train_split)))
 
 
-def restore_for_eval(config, workdir: str):
-  """``(task, state)`` of the latest checkpoint in ``workdir`` (host arrays)."""
-  task = make_task(config, _total_steps(config))
+def restore_for_eval(config, workdir: str, task: Optional[Task] = None):
+  """``(task, state)`` of the latest checkpoint in ``workdir`` (host arrays).
+
+  ``task`` defaults to the run's (:func:`make_task` over its total steps).
+  """
+  task = make_task(config, _total_steps(config)) if task is None else task
   state = restore_latest(checkpoint_manager(workdir, config), init_state(config, task))
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
@@ -878,11 +881,11 @@ def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
   """Restores the latest checkpoint of ``workdir`` and evaluates it on the eval split."""
   mesh = make_mesh(devices)
   validate_config(config, mesh.size)
-  task, state = restore_for_eval(config, workdir)
+  functions = step_functions(config, mesh, _total_steps(config))
+  task, state = restore_for_eval(config, workdir, functions.task)
   params = replicate(state.params, mesh)
-  eval_step = step_functions(config, mesh, _total_steps(config)).eval
-  result = evaluate(params, eval_step, load_source(config, config.eval_split), config,
-                    mesh)
+  result = evaluate(params, functions.eval, load_source(config, config.eval_split),
+                    config, mesh)
   return {"step": int(state.step), **result, **gate_report(state.params, config),
           **purge_report(task.model, state.params, config),
           "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],
