@@ -52,6 +52,7 @@ from l0jax import gates, input_pipeline, layers, ops, train_lib  # noqa: E402
 PYTORCH_QUOTED_MS = {"mlp": 3.6, "lenet5": 22.0}
 PYTORCH_QUOTED_DENSE_MS = {"mlp": 2.0, "lenet5": 20.0}
 TORCH_LABEL = "PyTorch dense step"
+L0_LABEL = "L0, per-example noise"  # the constrained step the issue's goals are about
 
 
 def step_config(model: str, gated: bool, per_example: bool = True,
@@ -75,19 +76,24 @@ def random_batch(batch_size: int, seed: int = 0):
           "label": rng.integers(0, 10, size=(1, batch_size)).astype(np.int32)}
 
 
+def _one_device_setup(config, batch_size: int):
+  """``(mesh, task, replicated initial state, host batch)`` on one device."""
+  mesh = train_lib.make_mesh(jax.devices()[:1])
+  task = train_lib.make_task(config, 1000)
+  state = train_lib.replicate(train_lib.init_state(config, task), mesh)
+  return mesh, task, state, random_batch(batch_size)
+
+
 def step_runner(config, batch_size: int):
   """``run(n)``: n training steps of ``config``, blocking at the end.
 
   As the trainer runs them: ``train_lib.steps_per_call`` steps per call where ``n``
   allows, single steps for the rest.
   """
-  mesh = train_lib.make_mesh(jax.devices()[:1])
-  task = train_lib.make_task(config, 1000)
-  state = train_lib.replicate(train_lib.init_state(config, task), mesh)
+  mesh, task, state, host_batch = _one_device_setup(config, batch_size)
   step = train_lib.make_train_step(config, task, mesh)
   multi_step = train_lib.make_multi_train_step(config, task, mesh)
   k = train_lib.steps_per_call(config, mesh)
-  host_batch = random_batch(batch_size)
   batch = train_lib.shard_batch(host_batch, mesh)
   stacked = train_lib.shard_batch(train_lib.stack_batches([host_batch] * k), mesh)
   holder = {"state": state}
@@ -174,11 +180,9 @@ def matmul_gflops(repeats: int) -> float:
 
 def dispatch_ms(batch_size: int, repeats: int) -> float:
   """ms per call of a pmapped step that only increments the MLP's state."""
-  config = step_config("mlp", gated=True)
-  mesh = train_lib.make_mesh(jax.devices()[:1])
-  task = train_lib.make_task(config, 1000)
-  state = train_lib.replicate(train_lib.init_state(config, task), mesh)
-  batch = train_lib.shard_batch(random_batch(batch_size), mesh)
+  mesh, _, state, host_batch = _one_device_setup(step_config("mlp", gated=True),
+                                                 batch_size)
+  batch = train_lib.shard_batch(host_batch, mesh)
   noop = jax.pmap(lambda s, b: (s._replace(step=s.step + 1), s.step), axis_name="batch",
                   donate_argnums=(0,), devices=jax.devices()[:1])
   holder = {"state": state}
@@ -269,7 +273,7 @@ def pipeline_examples_per_sec(batch_size: int, steps: int = 600) -> float:
 def variants(model: str, compare: bool):
   """(label, config) pairs; the first is the dense reference of the ratios."""
   out = [("dense", step_config(model, gated=False)),
-         ("L0, per-example noise", step_config(model, gated=True)),
+         (L0_LABEL, step_config(model, gated=True)),
          ("L0, per-batch noise", step_config(model, gated=True, per_example=False))]
   if compare:
     out.append(("L0 per-example, 1 step per call",
@@ -304,6 +308,8 @@ def main():
         f"dispatch of an empty pmapped step: {dispatch:.3f} ms")
 
   rows = []
+  ms_of = lambda model, label: next(r[2] for r in rows
+                                    if r[0] == model and r[1] == label)
   for model in models:
     flops = training_flops(model, args.batch_size)
     floor = flops / (rate * 1e9) * 1e3
@@ -331,12 +337,12 @@ def main():
                     f"{PYTORCH_QUOTED_MS[m] / PYTORCH_QUOTED_DENSE_MS[m]:.2f}x its dense "
                     "PyTorch step" for m in models) + " (quoted, not run here)")
   for model in models:
-    mine = next(r[2] for r in rows if r[0] == model and r[1] == "L0, per-example noise")
+    mine = ms_of(model, L0_LABEL)
     line = (f"  {model}: l0jax's per-example L0 step is "
             f"{PYTORCH_QUOTED_MS[model] / mine:.2f}x faster than the quoted "
             f"{PYTORCH_QUOTED_MS[model]:.1f} ms")
     if torch_version:
-      torch_ms = next(r[2] for r in rows if r[0] == model and r[1] == TORCH_LABEL)
+      torch_ms = ms_of(model, TORCH_LABEL)
       scaled = torch_ms * PYTORCH_QUOTED_MS[model] / PYTORCH_QUOTED_DENSE_MS[model]
       line += (f"; the dense PyTorch {torch_version} step measured in this run takes "
                f"{torch_ms:.2f} ms ({torch_ms / mine:.2f}x l0jax's L0 step), which puts "
@@ -354,8 +360,7 @@ def main():
   pipeline = pipeline_examples_per_sec(args.batch_size)
   print()
   for model in models:
-    ms = next(r[2] for r in rows if r[0] == model and r[1] == "L0, per-example noise")
-    consumed = args.batch_size / (ms / 1e3)
+    consumed = args.batch_size / (ms_of(model, L0_LABEL) / 1e3)
     print(f"pipeline {pipeline:,.0f} examples/s vs {model} L0 step consuming "
           f"{consumed:,.0f} examples/s: {pipeline / consumed:.1f}x")
 
