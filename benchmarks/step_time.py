@@ -123,7 +123,7 @@ def function_runner(fn, *args):
 def time_round_robin(runners, steps, repeats: int):
   """Median ms per call of each runner; runners take turns in every round."""
   for name, run in runners.items():
-    run(2)  # compile and warm up
+    run(steps[name])  # compile (every path the rounds take) and warm up
   times = {name: [] for name in runners}
   for _ in range(repeats):
     for name, run in runners.items():
