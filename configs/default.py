@@ -60,7 +60,7 @@ def get_config():
   config.eval_every_steps = -1            # -1: once per epoch; 0: only at the end
   config.checkpoint_every_steps = 1000
   config.steps_per_dispatch = 10          # steps per jitted call (lax.scan) between events;
-                                          # 1 with ops_method="xla" on CPU (train_lib.steps_per_call)
+                                          # 1 for conv models with ops_method="xla" on CPU (train_lib.steps_per_call)
   config.keep_checkpoints = 3
   config.seed = 0
   config.parallel = "pmap"                # "pmap" | "shard_map"

@@ -423,7 +423,7 @@ def make_multi_train_step(config, task: Task, mesh: Mesh) -> Callable:
   ``batches`` holds ``k`` batches stacked on axis 1 (``[devices, k, b, ...]``); the
   steps run in a ``lax.scan`` and the metrics are the last step's. The same steps as
   ``k`` calls of :func:`make_train_step` (same noise, same updates) in one call. On
-  CPU that made the MLP and LeNet L0 steps about 1.2x faster (``python
+  CPU that made the MLP and LeNet L0 steps 1.1-1.3x faster (``python
   benchmarks/step_time.py --compare``), more than the 0.1 ms an empty pmapped step
   takes to dispatch: XLA also runs the scan body with less overlap of independent ops,
   which measured faster here; the split between the two was not measured.
