@@ -13,8 +13,9 @@ per example (``sample_per_example=True``, the papers' choice) or once per batch,
 the caller supplies the uniform noise itself in the variable collection
 ``"gate_noise"`` (:data:`NOISE_COLLECTION`; :func:`per_example_noise` builds it from
 one key per example, which is how the trainer makes every example's noise independent
-of the device it lands on, without running the model under ``vmap``); at test time (``deterministic=True``) the gate is :func:`l0jax.gates.deterministic_gate`
-with ``test_gate`` mode ``"median"`` or ``"eq13"`` and no rng is needed.
+of the device it lands on, without running the model under ``vmap``); at test time
+(``deterministic=True``) the gate is :func:`l0jax.gates.deterministic_gate` with
+``test_gate`` mode ``"median"`` or ``"eq13"`` and no rng is needed.
 
 :mod:`l0jax.density` reads these parameters back: it recognises a gated layer as a
 parameter dict holding ``kernel`` and ``log_alpha``.
@@ -63,9 +64,9 @@ def per_example_noise(keys: Array, params) -> Dict[str, Any]:
   """``U(0, 1)`` gate noise for every gated layer of ``params``, one key per example.
 
   Example ``b`` draws all of its noise, for every layer, in one flat
-  ``jax.random.uniform(keys[b], (total_gates,))`` (computed by :func:`l0jax.gates.uniform`),
-  split in the order of the flattened ``params`` paths. The result is the ``"gate_noise"`` collection to pass with the
-  parameters::
+  ``jax.random.uniform(keys[b], (total_gates,))`` (computed by
+  :func:`l0jax.gates.uniform`), split in the order of the flattened ``params`` paths.
+  The result is the ``"gate_noise"`` collection to pass with the parameters::
 
       noise = per_example_noise(keys, params)          # keys: shape (batch,)
       model.apply({"params": params, NOISE_COLLECTION: noise}, x)

@@ -136,13 +136,13 @@ def im2col_conv(lhs, rhs, window_strides, padding: Padding, rhs_dilation=None,
   # (gathered taps..., I, [first-axis taps,] O) -> (gathered taps * I, taps * O).
   kernel = jnp.moveaxis(w, 0, -2) if shift_first else w
   kernel = kernel.reshape(-1, taps * w.shape[-1])
-  # A 2-D product: XLA:CPU lays out the backward pass's products worse for the
-  # N-D form of the same contraction (extra transposes of the cotangent).
   accumulate = preferred_element_type
   narrow_float = (jnp.issubdtype(patches.dtype, jnp.floating)
                   and jnp.finfo(patches.dtype).bits < 32)
   if shift_first and accumulate is None and narrow_float:
     accumulate = jnp.float32
+  # A 2-D product: XLA:CPU lays out the backward pass's products worse for the
+  # N-D form of the same contraction (extra transposes of the cotangent).
   y = lax.dot_general(patches.reshape(-1, patches.shape[-1]), kernel,
                       (((1,), (0,)), ((), ())), precision=precision,
                       preferred_element_type=accumulate)
