@@ -68,6 +68,8 @@ from typing import Mapping, Optional
 
 import jax
 
+from l0jax.errors import UserError
+
 MODES = ("auto", "on", "off")
 _ALIASES = {"auto": "auto", "on": "on", "off": "off", "true": "on", "1": "on",
             "yes": "on", "false": "off", "0": "off", "no": "off"}
@@ -80,7 +82,7 @@ _GOOGLE_PCI_VENDOR = "0x1ae0"
 _CONNECT_GRACE_S = 2
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
   """Joining the multi-process run failed, or its settings are invalid (one line)."""
 
 

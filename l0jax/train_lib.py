@@ -46,6 +46,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from l0jax import constrained, density, distributed, input_pipeline, layers, ops
+from l0jax.errors import UserError
 from l0jax.models import MLP, LeNet5Caffe
 
 AXIS = "batch"
@@ -59,7 +60,7 @@ FORMULATIONS = ("lagrangian", "augmented_lagrangian")
 DENSITY_MODES = ("independent", "cascade")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A bad config value; the message is one line naming the field."""
 
 
