@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 import torch_steps  # noqa: E402
 from configs import default  # noqa: E402
-from l0jax import gates, input_pipeline, layers, ops, train_lib  # noqa: E402
+from l0jax import data, gates, layers, ops, train_lib  # noqa: E402
 
 # Median ms per step on this 2-core CPU as quoted in issue 7 (torch 2.13, 2 threads):
 # the PyTorch reference code's constrained L0 step, and a plain dense PyTorch step
@@ -71,8 +71,8 @@ def step_config(model: str, gated: bool, per_example: bool = True,
 
 def random_batch(batch_size: int, seed: int = 0):
   rng = np.random.default_rng(seed)
-  return {"image": rng.uniform(size=(1, batch_size) + input_pipeline.IMAGE_SHAPE
-                               ).astype(np.float32),
+  return {"image": rng.uniform(size=(1, batch_size) + train_lib.input_shape(
+      default.get_config())).astype(np.float32),
           "label": rng.integers(0, 10, size=(1, batch_size)).astype(np.int32)}
 
 
@@ -259,10 +259,11 @@ def noise_table(batch_size: int, repeats: int):
 
 def pipeline_examples_per_sec(batch_size: int, steps: int = 600) -> float:
   rng = np.random.default_rng(0)
-  source = input_pipeline.ArraySource(
+  source = data.ArraySource(
+      data.dataset_info("fashion_mnist"),
       images=rng.integers(0, 256, size=(60000, 28, 28, 1), dtype=np.uint8),
       labels=rng.integers(0, 10, size=60000).astype(np.int64))
-  batches = input_pipeline.train_iterator(source, global_batch_size=batch_size, seed=0)
+  batches = data.train_iterator(source, global_batch_size=batch_size, seed=0)
   next(batches)
   start = time.perf_counter()
   for _ in range(steps):

@@ -11,11 +11,21 @@ def get_config():
   config = ml_collections.ConfigDict()
 
   # Data ------------------------------------------------------------------------------
-  config.dataset = "fashion_mnist"        # "fashion_mnist" | "mnist"
+  config.dataset = "fashion_mnist"        # any TFDS image-classification dataset prepared (array_record) in data_dir
   config.data_dir = ""                    # TFDS data dir; "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-  config.idx_dir = ""                     # IDX files to prepare from; "" -> the Debian package's folder
-  config.train_split = "train"
+  config.idx_dir = ""                     # (fashion_)mnist: IDX files to prepare from; "" -> the Debian package's folder
+  config.fake_data = False                # synthetic images of the dataset's shape, classes and split sizes
+  config.train_split = "train"            # any TFDS split string, e.g. "train[:90%]"
   config.eval_split = "test"
+  # Preprocessing (l0jax/data/transforms.py); "auto"/0/() pick the dataset's defaults:
+  config.augment = "auto"                 # "auto" | "none" | "flip" | "pad_crop" | "pad_crop_flip" | "random_resized_crop" | "random_resized_crop_flip"
+  config.image_size = 0                   # model input side; 0: the images' own (224 for variable-size images)
+  config.crop_padding = 4                 # pad_crop: pixels of zero padding per side
+  config.rrc_scale = (0.08, 1.0)          # random_resized_crop: range of the crop's area fraction
+  config.eval_resize = 0                  # resized datasets: shorter side before the centre crop; 0: image_size * 256 / 224
+  config.mean = ()                        # per-channel mean / std on the [0, 1] scale; (): the dataset's
+  config.std = ()
+  config.data_workers = -1                # processes decoding/augmenting ahead; -1: one per core when images are resized, else 0
 
   # Model -----------------------------------------------------------------------------
   config.model = "mlp"                    # "mlp" | "lenet5"

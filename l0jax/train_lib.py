@@ -30,6 +30,7 @@ All per-device arrays carry a leading device axis, sharded over a 1-D mesh named
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -45,7 +46,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from l0jax import constrained, density, distributed, input_pipeline, layers, ops
+from l0jax import constrained, data, density, distributed, layers, ops
 from l0jax.errors import UserError
 from l0jax.models import MLP, LeNet5Caffe
 
@@ -87,23 +88,24 @@ def _choice(config, field: str, allowed: Sequence[str]):
 
 
 def build_model(config):
-  """The Flax model of ``config`` (gated or plain)."""
+  """The Flax model of ``config`` (gated or plain), sized for its dataset's classes."""
+  num_classes = dataset_info(config).num_classes
   common = dict(gated=config.gated, unstructured=config.unstructured,
                 sample_per_example=config.sample_per_example,
                 test_gate=config.test_gate, rescale_init=config.rescale_init)
   if config.model == "mlp":
     return MLP(features=tuple(config.mlp_features),
-               num_classes=input_pipeline.NUM_CLASSES, **common)
+               num_classes=num_classes, **common)
   return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
                      dense_features=config.lenet_dense_features,
-                     num_classes=input_pipeline.NUM_CLASSES,
+                     num_classes=num_classes,
                      ops_method=config.ops_method, **common)
 
 
 def abstract_params(config):
   """Parameter shapes of the config's model, without computing anything."""
   model = build_model(config)
-  x = jax.ShapeDtypeStruct((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
+  x = jax.ShapeDtypeStruct((1,) + input_shape(config), jnp.float32)
   rngs = {"params": jax.random.key(0), "gates": jax.random.key(0)}
   return jax.eval_shape(lambda x: model.init(rngs, x)["params"], x)
 
@@ -119,7 +121,7 @@ def targets(config, num_layers: int) -> tuple:
 
 def validate_config(config, device_count: Optional[int] = None) -> None:
   """Checks every field before anything is compiled; raises ConfigError (one line)."""
-  _choice(config, "dataset", input_pipeline.DATASETS)
+  _choice(config, "augment", data.AUGMENTS)
   _choice(config, "model", MODELS)
   _choice(config, "method", METHODS)
   _choice(config, "constraint", CONSTRAINTS)
@@ -164,6 +166,18 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
       _fail("layer_targets", layer_targets,
             f"needs one target per gated layer ({num_layers} for "
             f"model={config.model!r}), or () to use target_density for every layer")
+  for field, low in (("image_size", 0), ("crop_padding", 0), ("eval_resize", 0),
+                     ("data_workers", -1)):
+    if not isinstance(config[field], int) or config[field] < low:
+      _fail(field, config[field], f"must be an integer >= {low}")
+  try:
+    preprocessing(config)  # the dataset's info, and settings that must fit it
+  except data.transforms.PreprocessingError as e:
+    raise ConfigError(f"config.{e}") from None
+  except data.DatasetNotPrepared as e:
+    close = difflib.get_close_matches(config.dataset, list(data.CATALOG), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close and close[0] != config.dataset else ""
+    raise ConfigError(f"config.dataset={config.dataset!r}{hint}: {e}") from None
   devices = jax.device_count() if device_count is None else device_count
   if config.batch_size % devices:
     _fail("batch_size", config.batch_size,
@@ -181,7 +195,7 @@ def start_main(config) -> None:
   try:
     distributed.initialize(config)  # before anything touches a device
     validate_config(config)
-  except (ConfigError, distributed.DistributedError) as e:
+  except UserError as e:  # a bad config value, a failed start-up
     sys.exit(f"error: {e}")
 
 
@@ -274,7 +288,7 @@ def init_state(config, task: Task) -> TrainState:
   """A fresh (unreplicated) TrainState from ``config.seed``."""
   key = jax.random.key(config.seed)
   init_key, gate_key, rng = jax.random.split(key, 3)
-  x = jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
+  x = jnp.zeros((1,) + input_shape(config), jnp.float32)
   params = jax.jit(lambda x: task.model.init(
       {"params": init_key, "gates": gate_key}, x)["params"])(x)
   init_multipliers = None
@@ -493,15 +507,51 @@ def data_dir(config) -> str:
       "TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
+@functools.lru_cache(maxsize=16)
+def _dataset_info(name: str, directory: str, fake: bool) -> data.DatasetInfo:
+  return data.dataset_info(name, directory, fake=fake)
+
+
+def dataset_info(config) -> data.DatasetInfo:
+  """Shape, classes and split sizes of the config's dataset (prepared or fake)."""
+  return _dataset_info(config.dataset, data_dir(config), bool(config.fake_data))
+
+
+def preprocessing(config) -> data.Preprocessing:
+  """The config's preprocessing of its dataset (``l0jax.data.transforms``)."""
+  return data.preprocessing(
+      dataset_info(config), image_size=config.image_size, augment=config.augment,
+      crop_padding=config.crop_padding, rrc_scale=tuple(config.rrc_scale),
+      eval_resize=config.eval_resize, mean=tuple(config.mean), std=tuple(config.std))
+
+
+def input_shape(config) -> tuple:
+  """The model's input shape (H, W, C) after preprocessing."""
+  return tuple(preprocessing(config).image_shape)
+
+
 def load_source(config, split: str):
-  return input_pipeline.load_split(config.dataset, split, data_dir=data_dir(config),
-                                   idx_dir=config.idx_dir or None)
+  return data.load_split(config.dataset, split, data_dir=data_dir(config),
+                         idx_dir=config.idx_dir or None, fake=config.fake_data)
 
 
-def _cache_whole_split() -> bool:
-  """One process decodes a whole split into memory; with several, each reads only its
-  own records of every batch (the global batches are the same either way)."""
-  return jax.process_count() == 1
+def _batch_options(config, source) -> Dict[str, Any]:
+  """How this process reads batches: topology, caching and grain workers.
+
+  One process decodes a whole split of fixed-size images into memory once; with
+  several, each reads only its own records of every batch (the global batches are the
+  same either way). Per-example decoding and resizing runs in
+  ``config.data_workers`` processes (-1: one per CPU core).
+  """
+  prep = preprocessing(config)
+  workers = config.data_workers
+  if workers < 0:
+    workers = 0 if not prep.per_example else min(os.cpu_count() or 1, 16)
+  cache = jax.process_count() == 1
+  inline = workers > 0 or (cache and not prep.per_example)  # cached batches: a gather
+  return dict(prep=prep, process_index=jax.process_index(),
+              process_count=jax.process_count(), cache=cache, workers=workers,
+              threads=0 if inline else 1)
 
 
 def num_train_steps(config, num_examples: int) -> int:
@@ -513,10 +563,9 @@ def num_train_steps(config, num_examples: int) -> int:
 def evaluate(params_replicated, eval_step, source, config, mesh) -> Dict[str, float]:
   """Test error and loss over every example of ``source`` exactly once."""
   totals = None
-  for batch in input_pipeline.eval_iterator(
+  for batch in data.eval_iterator(
       source, global_batch_size=config.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      local_device_count=local_device_count(mesh), cache=_cache_whole_split()):
+      local_device_count=local_device_count(mesh), **_batch_options(config, source)):
     out = eval_step(params_replicated, shard_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = unreplicate(totals)
@@ -697,7 +746,7 @@ def purge_report(model, params, config) -> Dict[str, Any]:
   if not config.gated:
     return {}
   from l0jax import purge  # pylint: disable=g-import-not-at-top
-  c = purge.counts(model, params, input_shape=input_pipeline.IMAGE_SHAPE)
+  c = purge.counts(model, params, input_shape=input_shape(config))
   keys = ("dense_macs", "test_time_macs", "purged_params", "purged_macs",
           "purged_density", "architecture")
   return {k: c[k] for k in keys}
@@ -756,11 +805,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step = int(host_state.step)
   state = replicate(host_state, mesh)
 
-  batches = input_pipeline.train_iterator(
+  batches = data.train_iterator(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
-      start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count(), local_device_count=local_device_count(mesh),
-      cache=_cache_whole_split())
+      start_step=start_step, local_device_count=local_device_count(mesh),
+      **_batch_options(config, train_source))
   log = MetricsLog(workdir, start_step, config.tensorboard)
   is_main = jax.process_index() == 0
   bar = _progress(total_steps, start_step, config.progress_bar and is_main)

@@ -51,11 +51,11 @@ def audit(event, args):
     written.add(os.path.relpath(path, workdir))
 
 sys.addaudithook(audit)
-from l0jax import input_pipeline, train_lib
+from l0jax import data, train_lib
 
 slow_from = int(os.environ.get("TEST_SLOW_FROM_STEP", "-1"))
 if slow_from >= 0:
-  real_iterator = input_pipeline.train_iterator
+  real_iterator = data.train_iterator
 
   def slow_iterator(*args, **kwargs):
     it, step = real_iterator(*args, **kwargs), kwargs.get("start_step", 0)
@@ -65,7 +65,7 @@ if slow_from >= 0:
       yield next(it)
       step += 1
 
-  input_pipeline.train_iterator = slow_iterator
+  data.train_iterator = slow_iterator
 
 real_train = train_lib.train_and_evaluate
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_mlp
-from l0jax import input_pipeline, train_lib
+from l0jax import data, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def run_steps(config, devices, num_steps=2):
   state = train_lib.replicate(train_lib.init_state(config, task), mesh)
   step = train_lib.make_train_step(config, task, mesh)
   source = train_lib.load_source(config, "train")
-  batches = input_pipeline.train_iterator(
+  batches = data.train_iterator(
       source, global_batch_size=config.batch_size, seed=config.seed,
       local_device_count=len(devices))
   for _ in range(num_steps):
@@ -123,7 +123,7 @@ def test_resume_equals_uninterrupted_run(fake_dataset, tmp_path, monkeypatch):
 
   # The same run "killed" while fetching the batch of step 7: its last checkpoint is
   # step 4 and it logged steps 5 and 6, which the resumed run must redo, not repeat.
-  real_iterator = input_pipeline.train_iterator
+  real_iterator = data.train_iterator
 
   def dying_iterator(*args, **kwargs):
     it = real_iterator(*args, **kwargs)
@@ -131,10 +131,10 @@ def test_resume_equals_uninterrupted_run(fake_dataset, tmp_path, monkeypatch):
       yield next(it)
     raise Killed()
 
-  monkeypatch.setattr(input_pipeline, "train_iterator", dying_iterator)
+  monkeypatch.setattr(data, "train_iterator", dying_iterator)
   with pytest.raises(Killed):
     train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
-  monkeypatch.setattr(input_pipeline, "train_iterator", real_iterator)
+  monkeypatch.setattr(data, "train_iterator", real_iterator)
   assert max(r["step"] for r in train_lib.read_metrics(str(tmp_path / "resumed"))) == 6
   train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
   a = _final_checkpoint(config, str(tmp_path / "straight"), devices)
@@ -248,6 +248,46 @@ def test_end_to_end_hits_target_and_eval_writes_everything(fake_dataset, tmp_pat
       task.model.apply({"params": state.params}, x, deterministic=True), atol=1e-5)
 
 
+def test_cifar_shaped_tfds_dataset_trains_through_train_and_eval_py(image_datasets, tmp_path):
+  """A 32x32x3 PNG dataset written by a TFDS builder (its code not importable here:
+  read from its folder), pad-crop + flip augmentation, LeNet-5 sized for 3 channels."""
+  data_dir, _ = image_datasets
+  args = ["--config=configs/fashion_mnist_lenet.py:runlocal",
+          "--config.dataset=l0jax_test_cifar", f"--config.data_dir={data_dir}",
+          "--config.lenet_conv_features=(4, 8)", "--config.lenet_dense_features=16",
+          "--config.batch_size=20", "--config.num_train_steps=6",
+          "--config.eval_every_steps=3", "--config.checkpoint_every_steps=3",
+          "--config.log_every_steps=2", "--config.progress_bar=False"]
+  for main, extra in (("train.py", []), ("eval.py", [f"--export={tmp_path / 'purged'}"])):
+    proc = subprocess.run([sys.executable, main, f"--workdir={tmp_path / 'run'}"] + args
+                          + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / "run" / "eval.json").read_text())
+  assert result["step"] == 6 and result["test_examples"] == 60
+  assert 0.0 <= result["test_error"] <= 1.0 and "purged_macs" in result
+  from l0jax import purge
+  model, params = purge.load(str(tmp_path / "purged"))
+  assert model.apply({"params": params}, np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("dataset,extra", [
+    ("cifar100", {}), ("imagenet2012", {"image_size": 32, "eval_split": "validation[:40]"})])
+def test_fake_data_trains_and_evaluates_with_the_dataset_shape(tmp_path, dataset, extra):
+  config = small_config(("", str(tmp_path / "tfds")), dataset=dataset, fake_data=True,
+                        num_train_steps=2, eval_every_steps=0, **extra)
+  if "eval_split" not in extra:
+    config.eval_split = "test[:40]"
+  summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:2])
+  info = train_lib.dataset_info(config)
+  assert train_lib.input_shape(config) == ((32, 32, 3))
+  assert summary["test_examples"] == 40 and summary["step"] == 2
+  task = train_lib.make_task(config, 2)
+  state = train_lib.init_state(config, task)
+  assert state.params["fc3"]["kernel"].shape[-1] == info.num_classes
+  assert state.params["fc1"]["kernel"].shape[0] == 32 * 32 * 3
+  assert not os.path.exists(tmp_path / "tfds")  # nothing prepared or downloaded
+
+
 def test_dense_baseline_trains_without_constraints(fake_dataset, tmp_path):
   summary = train_lib.train_and_evaluate(
       small_config(fake_dataset, gated=False, num_train_steps=4), str(tmp_path),
@@ -283,7 +323,7 @@ def test_multi_step_dispatch_equals_single_steps(fake_dataset, parallel):
   task = train_lib.make_task(config, 100)
   host_state = train_lib.init_state(config, task)
   source = train_lib.load_source(config, "train")
-  batches = input_pipeline.train_iterator(
+  batches = data.train_iterator(
       source, global_batch_size=config.batch_size, seed=config.seed,
       local_device_count=len(devices))
   chunk = [next(batches) for _ in range(3)]
