@@ -28,7 +28,7 @@ def get_config():
   config.data_workers = -1                # processes decoding/augmenting ahead; -1: one per core when images are resized, else 0
 
   # Model -----------------------------------------------------------------------------
-  config.model = "mlp"                    # "mlp" | "lenet5"
+  config.model = "mlp"                    # "mlp" | "lenet5" | "wrn" | "resnet" | "cifar_resnet" | "vgg"
   config.gated = True                     # False: the same model with plain nn.Dense/nn.Conv
   config.mlp_features = (300, 100)
   config.lenet_conv_features = (20, 50)
@@ -38,6 +38,14 @@ def get_config():
   config.test_gate = "median"             # "median" | "eq13"
   config.rescale_init = False             # kernels * 1/(1 - droprate_init) at init
   config.ops_method = "auto"              # conv/pool: "auto" (matmul forms on CPU, XLA's elsewhere) | "matmul" | "xla"
+  # Residual CNNs ("wrn" | "resnet" | "cifar_resnet" | "vgg"; l0jax/models/):
+  config.depth = 28                       # wrn: 6n+4; resnet: 18/34/50; cifar_resnet: 6n+2; vgg: 11/13/16/19
+  config.widen_factor = 10                # wrn: k
+  config.width_scale = 1.0                # multiplies every CNN width (tiny models for tests / runlocal)
+  config.dropout = 0.0                    # wrn: between the convolutions of a block
+  config.droprate_init = 0.5              # CNNs: initial drop probability of every gate
+  config.bn_momentum = 0.9                # BatchNorm running statistics (PyTorch's 0.1)
+  config.dtype = "float32"                # compute dtype: "float32" | "bfloat16" (params, gates, BN stats, duals stay float32)
 
   # Sparsity formulation --------------------------------------------------------------
   config.method = "constrained"           # "constrained" | "penalized"
@@ -52,11 +60,15 @@ def get_config():
   config.dual_restarts = True
 
   # Optimisers --------------------------------------------------------------------------
-  config.optimizer = "adam"               # weights: "adam" | "sgd" | "momentum"
+  config.optimizer = "adam"               # weights: "adam" | "sgd" | "momentum" | "nesterov"
   config.learning_rate = 7e-4
-  config.lr_schedule = "constant"         # weights: "constant" | "cosine" (decay to 0 over the run)
-  config.momentum = 0.9                   # for "momentum"
-  config.gate_optimizer = "adam"          # log_alpha: "adam" | "sgd" | "momentum"
+  config.lr_schedule = "constant"         # weights: "constant" | "cosine" (decay to 0 over the run) | "step"
+  config.lr_milestones = ()               # "step": epochs where the lr is multiplied by lr_decay_factor
+  config.lr_decay_factor = 0.2
+  config.momentum = 0.9                   # for "momentum" / "nesterov"
+  config.weight_decay = 0.0               # L2 on conv/dense kernels only (never gates, biases, BN)
+  config.label_smoothing = 0.0
+  config.gate_optimizer = "adam"          # log_alpha: "adam" | "sgd" | "momentum" | "nesterov"
   config.gate_learning_rate = 7e-4
   config.dual_optimizer = "sgd"           # multipliers: "sgd" | "nupi" (no momentum on duals)
   config.dual_learning_rate = 1e-4
@@ -88,18 +100,37 @@ def get_config():
   return config
 
 
+CNNS = ("wrn", "resnet", "cifar_resnet", "vgg")
+RUNLOCAL_DEPTH = {"wrn": 10, "resnet": 18, "cifar_resnet": 8, "vgg": 11}
+
+
 def runlocal(config):
-  """big_vision's idea: the same code path, small enough for a laptop CPU in a minute."""
+  """big_vision's idea: the same code path, small enough for a laptop CPU in a minute.
+
+  CNN configs keep their model family but shrink depth and widths, evaluate on the
+  first 256 examples and train on 64x64 crops of ImageNet-sized images; add
+  ``--config.fake_data=True`` where the dataset is not prepared.
+  """
   if config.model == "lenet5":
     config.lenet_conv_features = (10, 20)
     config.lenet_dense_features = 100
     steps = 300
+  elif config.model in CNNS:
+    config.depth = RUNLOCAL_DEPTH[config.model]
+    config.widen_factor = 1
+    config.width_scale = 0.25
+    config.batch_size = 32
+    config.eval_split = config.eval_split.split("[")[0] + "[:256]"
+    if config.dataset in ("imagenet2012", "imagenette"):
+      config.image_size = 64
+    config.lr_schedule = "constant" if config.lr_schedule == "step" else config.lr_schedule
+    steps = 20
   else:
     steps = 600
   config.num_train_steps = steps
   config.eval_every_steps = steps // 2
   config.checkpoint_every_steps = steps // 2
-  config.log_every_steps = 50
+  config.log_every_steps = min(50, steps // 4)
   return config
 
 

@@ -48,13 +48,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from l0jax import constrained, data, density, distributed, layers, ops
 from l0jax.errors import UserError
+from l0jax import models
 from l0jax.models import MLP, LeNet5Caffe
 
 AXIS = "batch"
-MODELS = ("mlp", "lenet5")
+MODELS = ("mlp", "lenet5", "wrn", "resnet", "cifar_resnet", "vgg")
 METHODS = ("constrained", "penalized")
 CONSTRAINTS = ("model", "layerwise")
-OPTIMIZERS = ("adam", "sgd", "momentum")
+OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov")
+LR_SCHEDULES = ("constant", "cosine", "step")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 PARALLEL = ("pmap", "shard_map")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian")
@@ -72,6 +75,7 @@ class TrainState(NamedTuple):
   opt_state: Any
   constrained: constrained.ConstrainedState
   rng: jax.Array  # raw uint32 key data, so checkpoints need no key-type support
+  batch_stats: Any = None  # BatchNorm running statistics ({} for models without BN)
 
 
 # ======================================================================================
@@ -92,14 +96,25 @@ def build_model(config):
   num_classes = dataset_info(config).num_classes
   common = dict(gated=config.gated, unstructured=config.unstructured,
                 sample_per_example=config.sample_per_example,
-                test_gate=config.test_gate, rescale_init=config.rescale_init)
+                test_gate=config.test_gate, rescale_init=config.rescale_init,
+                ops_method=config.ops_method, dtype=DTYPES[config.dtype])
   if config.model == "mlp":
-    return MLP(features=tuple(config.mlp_features),
-               num_classes=num_classes, **common)
-  return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
-                     dense_features=config.lenet_dense_features,
-                     num_classes=num_classes,
-                     ops_method=config.ops_method, **common)
+    return MLP(features=tuple(config.mlp_features), num_classes=num_classes, **common)
+  if config.model == "lenet5":
+    return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
+                       dense_features=config.lenet_dense_features,
+                       num_classes=num_classes, **common)
+  common.update(axis_name=AXIS, bn_momentum=config.bn_momentum,
+                width_scale=config.width_scale, num_classes=num_classes,
+                droprate=config.droprate_init)
+  if config.model == "wrn":
+    return models.WideResNet(depth=config.depth, widen_factor=config.widen_factor,
+                             dropout=config.dropout, **common)
+  if config.model == "resnet":
+    return models.ResNet(depth=config.depth, **common)
+  if config.model == "cifar_resnet":
+    return models.CifarResNet(depth=config.depth, **common)
+  return models.VGG(plan=models.vgg.PLANS[config.depth], **common)
 
 
 def abstract_params(config):
@@ -107,7 +122,7 @@ def abstract_params(config):
   model = build_model(config)
   x = jax.ShapeDtypeStruct((1,) + input_shape(config), jnp.float32)
   rngs = {"params": jax.random.key(0), "gates": jax.random.key(0)}
-  return jax.eval_shape(lambda x: model.init(rngs, x)["params"], x)
+  return jax.eval_shape(lambda x: model.init(rngs, x, deterministic=True)["params"], x)
 
 
 def targets(config, num_layers: int) -> tuple:
@@ -132,7 +147,34 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
   _choice(config, "gate_optimizer", OPTIMIZERS)
   _choice(config, "dual_optimizer", DUAL_OPTIMIZERS)
   _choice(config, "parallel", PARALLEL)
-  _choice(config, "lr_schedule", ("constant", "cosine"))
+  _choice(config, "lr_schedule", LR_SCHEDULES)
+  _choice(config, "dtype", tuple(DTYPES))
+  if config.model in ("wrn", "resnet", "cifar_resnet", "vgg"):
+    allowed = {"wrn": "6n + 4 (16, 22, 28, 40)", "resnet": "18, 34 or 50",
+               "cifar_resnet": "6n + 2 (20, 32, 44, 56, 110)", "vgg": "11, 13, 16 or 19"}
+    ok = {"wrn": lambda d: d >= 10 and (d - 4) % 6 == 0,
+          "resnet": lambda d: d in models.resnet.IMAGENET_STAGES,
+          "cifar_resnet": lambda d: d >= 8 and (d - 2) % 6 == 0,
+          "vgg": lambda d: d in models.vgg.PLANS}[config.model]
+    if not isinstance(config.depth, int) or not ok(config.depth):
+      _fail("depth", config.depth, f"model={config.model!r} needs {allowed[config.model]}")
+  if not isinstance(config.width_scale, (int, float)) or not config.width_scale > 0:
+    _fail("width_scale", config.width_scale, "must be a number > 0")
+  for field in ("weight_decay", "label_smoothing", "dropout"):
+    value = config[field]
+    if not isinstance(value, (int, float)) or not 0 <= value < (1 if field != "weight_decay" else math.inf):
+      _fail(field, value, "must be >= 0" + ("" if field == "weight_decay" else " and < 1"))
+  if not 0 < config.droprate_init < 1:
+    _fail("droprate_init", config.droprate_init, "must be in (0, 1)")
+  if not 0 <= config.bn_momentum < 1:
+    _fail("bn_momentum", config.bn_momentum, "must be in [0, 1)")
+  if config.lr_schedule == "step":
+    milestones = tuple(config.lr_milestones or ())
+    if not milestones or any(not isinstance(m, (int, float)) or m <= 0 for m in milestones):
+      _fail("lr_milestones", milestones, "lr_schedule='step' needs epochs > 0, "
+            "e.g. '(60, 120, 160)'")
+    if not 0 < config.lr_decay_factor <= 1:
+      _fail("lr_decay_factor", config.lr_decay_factor, "must be in (0, 1]")
   _choice(config, "density_mode", DENSITY_MODES)
   _choice(config, "ops_method", ops.METHODS)
   for field in ("learning_rate", "gate_learning_rate", "dual_learning_rate", "momentum",
@@ -202,27 +244,55 @@ def start_main(config) -> None:
 # ======================================================================================
 # Optimisers, problem, state
 # ======================================================================================
-def _optax(name: str, learning_rate: float, momentum: float):
+def _optax(name: str, learning_rate, momentum: float):
   if name == "adam":
     return optax.adam(learning_rate)
-  return optax.sgd(learning_rate, momentum=momentum if name == "momentum" else None)
+  return optax.sgd(learning_rate, momentum=None if name == "sgd" else momentum,
+                   nesterov=name == "nesterov")
 
 
-def make_primal_optimizer(config,
-                          total_steps: Optional[int] = None) -> optax.GradientTransformation:
-  """Separate optimisers for weights and gate parameters (``log_alpha``).
+def _is_kernel(params):
+  """True at every ``kernel`` leaf (conv / dense weights), False elsewhere (gates,
+  biases, BatchNorm scales and shifts)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
-  ``config.lr_schedule = "cosine"`` decays the weights' learning rate to 0 over
-  ``total_steps``; the gates keep theirs, so they can follow the multipliers to the end.
-  """
-  weights_lr = config.learning_rate
+
+def learning_rate_schedule(config, total_steps: Optional[int] = None,
+                           steps_per_epoch: Optional[int] = None):
+  """The weights' learning rate: constant, cosine to 0 over the run, or step decay
+  (``* lr_decay_factor`` at each epoch of ``lr_milestones``)."""
+  if config.lr_schedule == "constant":
+    return config.learning_rate
   if config.lr_schedule == "cosine":
     if total_steps is None:
       raise ValueError("lr_schedule='cosine' needs the run's total_steps")
-    weights_lr = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1))
+    return optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1))
+  if steps_per_epoch is None:
+    raise ValueError("lr_schedule='step' needs the run's steps_per_epoch")
+  return optax.piecewise_constant_schedule(
+      config.learning_rate,
+      {int(m * steps_per_epoch): config.lr_decay_factor for m in config.lr_milestones})
+
+
+def make_primal_optimizer(config, total_steps: Optional[int] = None,
+                          steps_per_epoch: Optional[int] = None
+                          ) -> optax.GradientTransformation:
+  """Separate optimisers for weights and gate parameters (``log_alpha``).
+
+  The weights' learning rate follows ``config.lr_schedule``; the gates keep theirs, so
+  they can follow the multipliers to the end. ``config.weight_decay`` adds
+  ``weight_decay * w`` to the gradient of every ``kernel`` (conv and dense weights
+  only: never gates, biases or BatchNorm parameters).
+  """
+  weights = _optax(config.optimizer,
+                   learning_rate_schedule(config, total_steps, steps_per_epoch),
+                   config.momentum)
+  if config.weight_decay:
+    weights = optax.chain(optax.add_decayed_weights(config.weight_decay, _is_kernel),
+                          weights)
   return constrained.primal_optimizer(
-      _optax(config.optimizer, weights_lr, config.momentum),
-      _optax(config.gate_optimizer, config.gate_learning_rate, config.momentum))
+      weights, _optax(config.gate_optimizer, config.gate_learning_rate, config.momentum))
 
 
 def make_problem(config, num_layers: int):
@@ -280,7 +350,9 @@ def make_task(config, total_steps: Optional[int] = None) -> Task:
   model = build_model(config)
   names = tuple(density.gated_layers(abstract_params(config))) if config.gated else ()
   problem = make_problem(config, len(names))
-  return Task(model, problem, make_primal_optimizer(config, total_steps),
+  per_epoch = (num_train_examples(config) // config.batch_size
+               if config.lr_schedule == "step" else None)
+  return Task(model, problem, make_primal_optimizer(config, total_steps, per_epoch),
               make_dual_optimizer(config, problem), constraint_fn(config), names)
 
 
@@ -289,8 +361,9 @@ def init_state(config, task: Task) -> TrainState:
   key = jax.random.key(config.seed)
   init_key, gate_key, rng = jax.random.split(key, 3)
   x = jnp.zeros((1,) + input_shape(config), jnp.float32)
-  params = jax.jit(lambda x: task.model.init(
-      {"params": init_key, "gates": gate_key}, x)["params"])(x)
+  variables = jax.jit(lambda x: task.model.init(
+      {"params": init_key, "gates": gate_key}, x, deterministic=True))(x)
+  params = variables["params"]
   init_multipliers = None
   if task.problem.formulation == "penalized":
     init_multipliers = jnp.full((task.problem.num_constraints,), config.penalty)
@@ -299,28 +372,45 @@ def init_state(config, task: Task) -> TrainState:
       params=params,
       opt_state=task.primal_tx.init(params),
       constrained=constrained.init(task.problem, task.dual_tx, init_multipliers),
-      rng=jax.random.key_data(rng))
+      rng=jax.random.key_data(rng),
+      batch_stats=variables.get("batch_stats", {}))
 
 
 # ======================================================================================
 # The per-device step
 # ======================================================================================
-def cross_entropy(logits, labels, mask=None):
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits, labels, mask=None, label_smoothing: float = 0.0):
+  """Mean (``mask``-weighted) cross-entropy in float32; ``label_smoothing`` mixes the
+  one-hot targets with the uniform distribution."""
+  logits = logits.astype(jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                  label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, targets)
+  else:
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   if mask is None:
     return jnp.mean(losses)
   return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _forward_train(model, params, images, step_key, config, example_offset):
-  """Training forward pass with topology-independent gate noise (see module doc)."""
+def _forward_train(model, params, batch_stats, images, step_key, config, example_offset):
+  """Training forward pass with topology-independent gate noise (see module doc).
+
+  Returns the logits and the updated BatchNorm statistics."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  rngs = {}
   if config.gated and config.sample_per_example:
     index = example_offset + jnp.arange(images.shape[0])
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
-    noise = layers.per_example_noise(keys, params)
-    return model.apply({"params": params, layers.NOISE_COLLECTION: noise}, images)
-  device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
-  return model.apply({"params": params}, images, rngs={"gates": device_key})
+    variables[layers.NOISE_COLLECTION] = layers.per_example_noise(keys, params)
+  else:
+    rngs["gates"] = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
+  # Dropout (WRN's option): a stream no example index reaches, per device.
+  rngs["dropout"] = jax.random.fold_in(jax.random.fold_in(step_key, 2 ** 31 - 1),
+                                       jax.lax.axis_index(AXIS))
+  logits, updates = model.apply(variables, images, rngs=rngs, mutable=["batch_stats"])
+  return logits, updates.get("batch_stats", {})
 
 
 def train_step_body(state: TrainState, batch, *, config, task: Task):
@@ -331,11 +421,12 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
   example_offset = jax.lax.axis_index(AXIS) * per_device
 
   def fn(params):
-    logits = _forward_train(task.model, params, batch["image"], step_key, config,
-                            example_offset)
-    loss = cross_entropy(logits, batch["label"])
+    logits, batch_stats = _forward_train(task.model, params, state.batch_stats,
+                                         batch["image"], step_key, config, example_offset)
+    loss = cross_entropy(logits, batch["label"], label_smoothing=config.label_smoothing)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return loss, task.constraints(params), {"accuracy": accuracy}
+    return loss, task.constraints(params), {"accuracy": accuracy,
+                                            "batch_stats": batch_stats}
 
   update = constrained.make_update(
       task.problem, task.primal_tx, task.dual_tx, config.scheme,
@@ -353,13 +444,20 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
     metrics["expected_density"] = density.expected_density(params)
     metrics["layer_densities"] = jnp.stack(
         list(density.layer_expected_densities(params).values()))
-  new_state = TrainState(state.step + 1, params, opt_state, cstate, state.rng)
+  new_state = TrainState(state.step + 1, params, opt_state, cstate, state.rng,
+                         m["aux"]["batch_stats"])
   return new_state, metrics
 
 
-def eval_step_body(params, batch, *, config, task: Task):
+def eval_variables(state: TrainState) -> Dict[str, Any]:
+  """What the eval step needs of a state: parameters and BatchNorm statistics."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def eval_step_body(variables, batch, *, config, task: Task):
   """Sums of correct predictions, loss and examples with test-time gates (psum'd)."""
-  logits = task.model.apply({"params": params}, batch["image"], deterministic=True)
+  logits = task.model.apply(variables, batch["image"], deterministic=True)
+  logits = logits.astype(jnp.float32)
   mask = batch["mask"]
   correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask)
   loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
@@ -554,19 +652,24 @@ def _batch_options(config, source) -> Dict[str, Any]:
               threads=0 if inline else 1)
 
 
+def num_train_examples(config) -> int:
+  """Examples in the config's training split."""
+  return len(load_source(config, config.train_split))
+
+
 def num_train_steps(config, num_examples: int) -> int:
   if config.num_train_steps > 0:
     return int(config.num_train_steps)
   return int(config.num_epochs * (num_examples // config.batch_size))
 
 
-def evaluate(params_replicated, eval_step, source, config, mesh) -> Dict[str, float]:
+def evaluate(variables_replicated, eval_step, source, config, mesh) -> Dict[str, float]:
   """Test error and loss over every example of ``source`` exactly once."""
   totals = None
   for batch in data.eval_iterator(
       source, global_batch_size=config.batch_size,
       local_device_count=local_device_count(mesh), **_batch_options(config, source)):
-    out = eval_step(params_replicated, shard_batch(batch, mesh))
+    out = eval_step(variables_replicated, shard_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = unreplicate(totals)
   count = float(totals["count"])
@@ -849,7 +952,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         postfix["lambda"] = f"{max(record['multipliers'] or [0.0]):.3g}"
       bar.set_postfix(postfix, refresh=False)
     if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
-      result = evaluate(state.params, eval_step, eval_source, config, mesh)
+      result = evaluate(eval_variables(state), eval_step, eval_source, config, mesh)
       report = gate_report(unreplicate(state.params), config)
       log.write({"step": step, "eval": True, **result,
                  **{k: report[k] for k in ("expected_density", "test_time_density")
@@ -873,7 +976,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log.close()
 
   if result is None:  # resumed at the end: nothing was trained or evaluated here
-    result = evaluate(state.params, eval_step, eval_source, config, mesh)
+    result = evaluate(eval_variables(state), eval_step, eval_source, config, mesh)
     report = gate_report(unreplicate(state.params), config)
   # Otherwise the loop ends on an eval step (step == total_steps): reuse it.
   summary = {"step": step, **result, **report,
@@ -894,7 +997,7 @@ def _save_args(host_state: TrainState):
 
 
 def _total_steps(config) -> int:
-  return num_train_steps(config, len(load_source(config, config.train_split)))
+  return num_train_steps(config, num_train_examples(config))
 
 
 def restore_for_eval(config, workdir: str, task: Optional[Task] = None):
@@ -932,9 +1035,8 @@ def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
   validate_config(config, mesh.size)
   functions = step_functions(config, mesh, _total_steps(config))
   task, state = restore_for_eval(config, workdir, functions.task)
-  params = replicate(state.params, mesh)
-  result = evaluate(params, functions.eval, load_source(config, config.eval_split),
-                    config, mesh)
+  result = evaluate(replicate(eval_variables(state), mesh), functions.eval,
+                    load_source(config, config.eval_split), config, mesh)
   return {"step": int(state.step), **result, **gate_report(state.params, config),
           **purge_report(task.model, state.params, config),
           "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],

@@ -88,14 +88,15 @@ def test_replicas_identical_across_devices(fake_dataset):
 def test_gate_noise_differs_across_devices(fake_dataset, per_example):
   config = small_config(fake_dataset, sample_per_example=per_example)
   task = train_lib.make_task(config, 100)
-  params = train_lib.init_state(config, task).params
+  state = train_lib.init_state(config, task)
   mesh = train_lib.make_mesh(jax.devices()[:4])
   images = jnp.ones((4, 5, 28, 28, 1))  # the same examples on every device
 
   def body(images):
     key = jax.random.key(0)
     offset = jax.lax.axis_index(train_lib.AXIS) * images.shape[0]
-    return train_lib._forward_train(task.model, params, images, key, config, offset)
+    return train_lib._forward_train(task.model, state.params, state.batch_stats, images,
+                                    key, config, offset)[0]
 
   logits = np.asarray(train_lib.parallelize(body, config, mesh, donate=False)(images))
   for d in range(1, 4):

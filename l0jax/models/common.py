@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from l0jax import layers, ops
 
@@ -24,6 +26,11 @@ class GatedModel(nn.Module):
     ops_method: how convolutions (gated and plain) and max pooling run, one of
       :data:`l0jax.ops.METHODS` (``"auto"``: the matmul forms on CPU, XLA's
       convolution and ``reduce_window`` elsewhere).
+    dtype: the compute dtype of convolutions and dense layers (None: the inputs');
+      parameters, gates and BatchNorm statistics stay float32.
+    axis_name: the data-parallel axis (``pmap`` / ``shard_map``) over which
+      BatchNorm statistics are summed; None outside a mapped step.
+    bn_momentum: BatchNorm running-statistics momentum.
   """
   gated: bool = True
   unstructured: bool = False
@@ -32,6 +39,9 @@ class GatedModel(nn.Module):
   rescale_init: bool = False
   log_alpha_clamp: Optional[Tuple[float, float]] = None
   ops_method: str = "auto"
+  dtype: Any = None             # compute dtype (e.g. jnp.bfloat16); params stay float32
+  axis_name: Optional[str] = None  # data-parallel axis that BatchNorm statistics span
+  bn_momentum: float = 0.9
 
   def _gate_attributes(self, droprate: float):
     return dict(droprate_init=droprate, unstructured=self.unstructured,
@@ -39,10 +49,50 @@ class GatedModel(nn.Module):
                 test_gate=self.test_gate, rescale_init=self.rescale_init,
                 log_alpha_clamp=self.log_alpha_clamp)
 
-  def dense(self, features: int, droprate: float, name: str) -> nn.Module:
-    if not self.gated:
-      return nn.Dense(features, name=name)
-    return layers.L0Dense(features, name=name, **self._gate_attributes(droprate))
+  def dense(self, features: int, droprate: float, name: str,
+            gated: Optional[bool] = None) -> nn.Module:
+    """A dense layer, gated on its inputs when ``gated`` (default: the model's)."""
+    if not (self.gated if gated is None else gated):
+      return nn.Dense(features, name=name, dtype=self.dtype)
+    return layers.L0Dense(features, name=name, dtype=self.dtype,
+                          **self._gate_attributes(droprate))
+
+  def conv_bn(self, features: int, kernel_size: Sequence[int], droprate: float,
+              name: str, strides=1, gated: Optional[bool] = None) -> nn.Module:
+    """Convolution (SAME, no bias) + BatchNorm, then channel gates when ``gated``
+    (default: the model's): ``L0Conv(batch_norm=True)`` or its ungated twin
+    :class:`~l0jax.layers.ConvBN`, with the same parameter names."""
+    common = dict(strides=strides, padding="SAME", ops_method=self.ops_method,
+                  bn_momentum=self.bn_momentum, axis_name=self.axis_name,
+                  dtype=self.dtype, name=name)
+    if not (self.gated if gated is None else gated):
+      return layers.ConvBN(features, tuple(kernel_size), **common)
+    return layers.L0Conv(features, tuple(kernel_size), batch_norm=True,
+                         **common, **self._gate_attributes(droprate))
+
+  def plain_conv(self, features: int, kernel_size: Sequence[int], name: str,
+                 strides=1, use_bias: bool = False) -> nn.Module:
+    """An ungated convolution (SAME), e.g. a stem or a shortcut."""
+    return nn.Conv(features, tuple(kernel_size), strides=strides, padding="SAME",
+                   use_bias=use_bias, name=name, dtype=self.dtype,
+                   kernel_init=layers.lecun_normal,
+                   conv_general_dilated=functools.partial(
+                       ops.conv_general_dilated, method=self.ops_method))
+
+  def batch_norm(self, name: str) -> nn.Module:
+    """An ungated BatchNorm (``scale``/``bias``, ``mean``/``var`` as everywhere)."""
+    return nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-5,
+                        axis_name=self.axis_name, dtype=self.dtype, name=name)
+
+  def shared(self) -> dict:
+    """This model's gate and layer settings, for its sub-modules (blocks)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(GatedModel)
+            if f.name not in ("parent", "name")}
+
+  @staticmethod
+  def width(base: int, scale: float) -> int:
+    """A layer width scaled by ``scale`` (tiny test and runlocal models), at least 1."""
+    return max(1, int(round(base * scale)))
 
   def conv(self, features: int, kernel_size, droprate: float, name: str,
            padding="VALID") -> nn.Module:
@@ -58,7 +108,7 @@ class GatedModel(nn.Module):
   def apply_layer(layer: nn.Module, x, deterministic: bool, post=None):
     """``post(layer(x))``; an :class:`~l0jax.layers.L0Conv` applies its channel gates
     after ``post`` (which must then be positively homogeneous, see its ``post``)."""
-    if isinstance(layer, layers.L0Conv):
+    if isinstance(layer, (layers.L0Conv, layers.ConvBN)):
       return layer(x, deterministic=deterministic, post=post)
     y = (layer(x, deterministic=deterministic) if isinstance(layer, layers.L0Dense)
          else layer(x))
