@@ -3,6 +3,7 @@
     python benchmarks/step_time.py              # MLP and LeNet-5-Caffe, batch 100
     python benchmarks/step_time.py --compare    # + XLA-op variants, op and noise tables
     python benchmarks/step_time.py --models=mlp --repeats=11
+    python benchmarks/step_time.py --models=resnet20,wrn16_4   # CNNs, batch 128
 
 Everything is measured in this one run on this machine, and the variants are timed in
 turns (round-robin, median of ``--repeats`` rounds) so that a slower or busier moment
@@ -21,6 +22,11 @@ hits all of them alike; compare ratios, not absolute times across runs.
   (``benchmarks/torch_steps.py``) is timed in the same rounds, and the PyTorch
   reference L0 code's step quoted in issue 7 is rescaled to this run by its quoted
   ratio to a dense PyTorch step.
+* ``resnet20`` (CIFAR ResNet-20) and ``wrn16_4`` (WRN-16-4) run on 32x32x3 images at
+  batch 128 with their configs' SGD-Nesterov and weight decay (gated: BatchNorm ->
+  gate units, model-wise constraint); their PyTorch dense steps use the same
+  optimiser. For them the input pipeline's rate is the CIFAR-shaped streaming path
+  of ``benchmarks/input_pipeline.py`` (PNG decode + pad-crop + flip, one core).
 * ``--compare`` adds the same models with ``ops_method="xla"`` (XLA's convolution and
   ``reduce_window`` pooling, what a plain Flax model runs), a table of LeNet's ops
   forward + backward in both forms, and what the per-example gate noise costs.
@@ -55,8 +61,27 @@ TORCH_LABEL = "PyTorch dense step"
 L0_LABEL = "L0, per-example noise"  # the constrained step the issue's goals are about
 
 
+CNNS = {"resnet20": ("configs.fashion_mnist_resnet20", {"depth": 20}),
+        "wrn16_4": ("configs.cifar10_wrn28_10", {"depth": 16, "widen_factor": 4})}
+BATCH_SIZES = {"mlp": 100, "lenet5": 100, "resnet20": 128, "wrn16_4": 128}
+
+
 def step_config(model: str, gated: bool, per_example: bool = True,
                 ops_method: str = "auto", steps_per_dispatch: Optional[int] = None):
+  if model in CNNS:
+    import importlib  # pylint: disable=g-import-not-at-top
+    module, fields = CNNS[model]
+    config = importlib.import_module(module).get_config()
+    config.dataset, config.fake_data = "cifar10", True  # 32x32x3, 10 classes
+    config.constraint, config.target_density = "model", 0.5
+    for key, value in fields.items():
+      config[key] = value
+    config.gated = gated
+    config.sample_per_example = per_example
+    config.ops_method = ops_method
+    if steps_per_dispatch is not None:
+      config.steps_per_dispatch = steps_per_dispatch
+    return config
   config = default.get_config()
   config.model = model
   config.gated = gated
@@ -69,10 +94,10 @@ def step_config(model: str, gated: bool, per_example: bool = True,
   return config
 
 
-def random_batch(batch_size: int, seed: int = 0):
+def random_batch(batch_size: int, seed: int = 0, config=None):
   rng = np.random.default_rng(seed)
-  return {"image": rng.uniform(size=(1, batch_size) + train_lib.input_shape(
-      default.get_config())).astype(np.float32),
+  shape = train_lib.input_shape(default.get_config() if config is None else config)
+  return {"image": rng.uniform(size=(1, batch_size) + shape).astype(np.float32),
           "label": rng.integers(0, 10, size=(1, batch_size)).astype(np.int32)}
 
 
@@ -81,7 +106,7 @@ def _one_device_setup(config, batch_size: int):
   mesh = train_lib.make_mesh(jax.devices()[:1])
   task = train_lib.make_task(config, 1000)
   state = train_lib.replicate(train_lib.init_state(config, task), mesh)
-  return mesh, task, state, random_batch(batch_size)
+  return mesh, task, state, random_batch(batch_size, config=config)
 
 
 def step_runner(config, batch_size: int):
@@ -158,14 +183,17 @@ def matmul_flops(jaxpr) -> float:
 def training_flops(model_name: str, batch_size: int) -> float:
   """Matmul FLOPs of one dense training step (forward and backward, params only)."""
   config = step_config(model_name, gated=False, ops_method="xla")
-  model = train_lib.build_model(config)
-  params = train_lib.abstract_params(config)
-  batch = random_batch(batch_size)
+  model = train_lib.build_model(config).clone(axis_name=None) if model_name in CNNS \
+      else train_lib.build_model(config)
+  batch = random_batch(batch_size, config=config)
+  variables = jax.eval_shape(lambda x: model.init(
+      {"params": jax.random.key(0)}, x, deterministic=True), batch["image"][0])
 
   def loss(params):
-    logits = model.apply({"params": params}, batch["image"][0])
+    logits, _ = model.apply({**variables, "params": params}, batch["image"][0],
+                            mutable=["batch_stats"])
     return train_lib.cross_entropy(logits, batch["label"][0])
-  return matmul_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  return matmul_flops(jax.make_jaxpr(jax.grad(loss))(variables["params"]).jaxpr)
 
 
 def matmul_gflops(repeats: int) -> float:
@@ -289,7 +317,8 @@ def variants(model: str, compare: bool):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="mlp,lenet5")
-  parser.add_argument("--batch_size", type=int, default=100)
+  parser.add_argument("--batch_size", type=int, default=0,
+                      help="0: 100 for mlp / lenet5, 128 for the CNNs")
   parser.add_argument("--repeats", type=int, default=7,
                       help="round-robin rounds; the median is reported")
   parser.add_argument("--compare", action="store_true",
@@ -300,11 +329,12 @@ def main():
   models = args.models.split(",")
   torch_version = "" if args.no_torch else torch_steps.version()
 
+  batch_of = lambda model: args.batch_size or BATCH_SIZES[model]
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{os.cpu_count()} CPUs, batch {args.batch_size}, median of {args.repeats} "
-        "round-robin rounds")
+        f"{os.cpu_count()} CPUs, batch {', '.join(f'{m} {batch_of(m)}' for m in models)}, "
+        f"median of {args.repeats} round-robin rounds")
   rate = matmul_gflops(args.repeats)
-  dispatch = dispatch_ms(args.batch_size, args.repeats)
+  dispatch = dispatch_ms(batch_of("mlp"), args.repeats)
   print(f"measured float32 matmul rate: {rate:.0f} GFLOP/s; "
         f"dispatch of an empty pmapped step: {dispatch:.3f} ms")
 
@@ -312,13 +342,14 @@ def main():
   ms_of = lambda model, label: next(r[2] for r in rows
                                     if r[0] == model and r[1] == label)
   for model in models:
-    flops = training_flops(model, args.batch_size)
+    batch_size = batch_of(model)
+    flops = training_flops(model, batch_size)
     floor = flops / (rate * 1e9) * 1e3
     configs = variants(model, args.compare)
-    runners = {label: step_runner(config, args.batch_size) for label, config in configs}
+    runners = {label: step_runner(config, batch_size) for label, config in configs}
     if torch_version:
-      runners[TORCH_LABEL] = torch_steps.step_runner(model, args.batch_size)
-    steps = {label: 50 if model == "mlp" else 10 for label in runners}
+      runners[TORCH_LABEL] = torch_steps.step_runner(model, batch_size)
+    steps = {label: {"mlp": 50, "lenet5": 10}.get(model, 2) for label in runners}
     ms = time_round_robin(runners, steps, args.repeats)
     dense = ms[configs[0][0]]
     for label, value in ms.items():
@@ -333,11 +364,20 @@ def main():
   for model, label, value, gflops, x_floor, x_dense in rows:
     print(f"{model:7} {label:33} {value:8.2f} {gflops:8.1f} {x_floor:8.2f} "
           f"{x_dense:8.2f}")
-  print("\nPyTorch reference L0 code (issue 7, same CPU): "
-        + ", ".join(f"{m} {PYTORCH_QUOTED_MS[m]:.1f} ms = "
-                    f"{PYTORCH_QUOTED_MS[m] / PYTORCH_QUOTED_DENSE_MS[m]:.2f}x its dense "
-                    "PyTorch step" for m in models) + " (quoted, not run here)")
+  quoted = [m for m in models if m in PYTORCH_QUOTED_MS]
+  if quoted:
+    print("\nPyTorch reference L0 code (issue 7, same CPU): "
+          + ", ".join(f"{m} {PYTORCH_QUOTED_MS[m]:.1f} ms = "
+                      f"{PYTORCH_QUOTED_MS[m] / PYTORCH_QUOTED_DENSE_MS[m]:.2f}x its "
+                      "dense PyTorch step" for m in quoted) + " (quoted, not run here)")
   for model in models:
+    if model not in PYTORCH_QUOTED_MS:
+      if torch_version:
+        mine, torch_ms = ms_of(model, L0_LABEL), ms_of(model, TORCH_LABEL)
+        print(f"  {model}: the dense PyTorch {torch_version} step takes {torch_ms:.1f} ms, "
+              f"{torch_ms / mine:.2f}x l0jax's L0 step ({mine:.1f} ms); l0jax's L0 "
+              f"step is {mine / ms_of(model, 'dense'):.2f}x its dense step")
+      continue
     mine = ms_of(model, L0_LABEL)
     line = (f"  {model}: l0jax's per-example L0 step is "
             f"{PYTORCH_QUOTED_MS[model] / mine:.2f}x faster than the quoted "
@@ -358,11 +398,18 @@ def main():
     if "lenet5" in models:
       op_table(args.batch_size, args.repeats)
     noise_table(args.batch_size, args.repeats)
-  pipeline = pipeline_examples_per_sec(args.batch_size)
   print()
   for model in models:
-    consumed = args.batch_size / (ms_of(model, L0_LABEL) / 1e3)
-    print(f"pipeline {pipeline:,.0f} examples/s vs {model} L0 step consuming "
+    if model in CNNS:
+      import input_pipeline  # pylint: disable=g-import-not-at-top
+      pipeline = input_pipeline.run_l0jax("cifar", input_pipeline.make_images("cifar"),
+                                          cached=False)
+      what = "CIFAR-shaped streaming pipeline (PNG decode + pad-crop + flip, one core)"
+    else:
+      pipeline = pipeline_examples_per_sec(batch_of(model))
+      what = "pipeline"
+    consumed = batch_of(model) / (ms_of(model, L0_LABEL) / 1e3)
+    print(f"{what} {pipeline:,.0f} examples/s vs {model} L0 step consuming "
           f"{consumed:,.0f} examples/s: {pipeline / consumed:.1f}x")
 
 

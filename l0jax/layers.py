@@ -55,9 +55,12 @@ def lecun_normal(key, shape, dtype=jnp.float32) -> Array:
 
   Same numbers as ``nn.initializers.lecun_normal()``, drawn flat and reshaped:
   XLA:CPU compiles an N-D random draw several times slower than a 1-D one, and that
-  compile dominated model initialisation. ``fan_in = prod(shape[:-1])``.
+  compile dominated model initialisation. ``fan_in = prod(shape[:-1])``. An empty
+  kernel (a purged layer left with no channels) is all zeros.
   """
   shape = tuple(shape)
+  if math.prod(shape) == 0:
+    return jnp.zeros(shape, dtype)
   fan_in = math.prod(shape[:-1])
   # 0.879... is the std of a standard normal truncated to [-2, 2].
   stddev = math.sqrt(1.0 / fan_in) / 0.87962566103423978

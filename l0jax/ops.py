@@ -188,7 +188,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding: Padding,
   """``lax.conv_general_dilated`` with a choice of implementation (see module doc).
 
   ``method`` is ``"auto"`` (im2col on CPU, XLA elsewhere), ``"matmul"`` (im2col) or
-  ``"xla"``. Input dilation and grouped convolutions always use XLA's convolution.
+  ``"xla"``. Input dilation, grouped convolutions and empty kernels (a purged layer
+  left with no channels) always use XLA's convolution.
 
   Raises:
     ValueError: for an unknown ``method``.
@@ -210,7 +211,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding: Padding,
   plain = (feature_group_count == 1 and batch_group_count == 1
            and all(d == 1 for d in _as_tuple(lhs_dilation, lhs.ndim - 2,
                                              "lhs_dilation")))
-  if method == "xla" or not plain:
+  if method == "xla" or not plain or rhs.size == 0 or lhs.size == 0:
     return xla(lhs, rhs)
   if method == "matmul":
     return im2col(lhs, rhs)

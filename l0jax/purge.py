@@ -45,6 +45,7 @@ pooling and flatten between them).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -192,6 +193,37 @@ class PurgedModel(nn.Module):
     return cls(ops=_ops_from_spec(spec))
 
 
+MODEL_SPEC_VERSION = 2  # a channel-gated CNN: its class and attributes
+
+
+def _model_spec(model: nn.Module) -> Dict[str, Any]:
+  """JSON-able class + attributes of a purged CNN (no mapped axis: inference)."""
+  attributes = {}
+  for field in dataclasses.fields(model):
+    if field.name in ("parent", "name"):
+      continue
+    value = getattr(model, field.name)
+    if field.name == "dtype":
+      value = None if value is None else jnp.dtype(value).name
+    elif field.name == "axis_name":
+      value = None
+    attributes[field.name] = value
+  return {"format": SPEC_FORMAT, "version": MODEL_SPEC_VERSION,
+          "model": {"class": type(model).__name__, "attributes": attributes}}
+
+
+def _model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+  from l0jax import models  # pylint: disable=g-import-not-at-top
+  cls = getattr(models, spec["model"]["class"], None)
+  if cls is None or not has_channel_graph(cls):
+    raise ValueError(f"unknown purged model class {spec['model']['class']!r}")
+  tupled = lambda v: tuple(tupled(x) for x in v) if isinstance(v, list) else v
+  attributes = {k: tupled(v) for k, v in spec["model"]["attributes"].items()}
+  if attributes.get("dtype") is not None:
+    attributes["dtype"] = jnp.dtype(attributes["dtype"])
+  return cls(**attributes)
+
+
 def _spec_dict(ops: Sequence[Op]) -> Dict[str, Any]:
   return {"format": SPEC_FORMAT, "version": SPEC_VERSION,
           "ops": [op.to_dict() for op in ops]}
@@ -313,7 +345,9 @@ class _Layer:
 
 
 def _unwrap(params) -> Mapping[str, Any]:
-  if isinstance(params, Mapping) and set(params) == {"params"}:
+  """The params of params or of a variables dict ({"params", "batch_stats"})."""
+  if isinstance(params, Mapping) and "params" in params and set(params) <= {
+      "params", "batch_stats"}:
     return params["params"]
   return params
 
@@ -466,6 +500,8 @@ def purge(model: nn.Module, params, test_gate: Optional[str] = None
     ``purged_model.apply({"params": purged_params}, x)`` equal to the gated model's
     test-time output (up to float rounding). Not jittable: shapes depend on the gates.
   """
+  if has_channel_graph(model):
+    return _purge_channels(model, params, test_gate)
   ops, layers = _analyse(model, params, test_gate)
   by_name = {layer.op.name: layer for layer in layers}
   new_ops: List[Op] = []
@@ -567,6 +603,8 @@ def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = N
       ``"198-233-100"`` for the 784-300-100 MLP, ``"20-50-800-500"`` for LeNet-5);
     * ``layers``: the same numbers per layer.
   """
+  if has_channel_graph(model):
+    return _channel_counts(model, params, input_shape, test_gate)
   ops, layers = _analyse(model, params, test_gate)
   positions = _output_positions(ops, input_shape)
   total = dict.fromkeys(
@@ -615,6 +653,166 @@ def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = N
 
 
 # ------------------------------------------------------------------------------------
+# Channel-gated CNNs (WideResNet, ResNet, CifarResNet, VGG): the same model, compacted.
+# ------------------------------------------------------------------------------------
+
+def has_channel_graph(model: nn.Module) -> bool:
+  """Whether ``model`` is compacted as a channel-gated CNN (it declares which layers
+  read a gated layer's channels directly: ``model.channel_sources()``)."""
+  return callable(getattr(model, "channel_sources", None))
+
+
+def _path_dict(tree) -> Dict[str, Any]:
+  """'a/b/leaf' -> host numpy array, for a nested dict of arrays."""
+  import flax  # pylint: disable=g-import-not-at-top
+  return {"/".join(k): np.asarray(v) for k, v in
+          flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+
+
+def _path_dict_keep(tree) -> Dict[str, Any]:
+  """'a/b/leaf' -> array (device arrays kept as they are)."""
+  import flax  # pylint: disable=g-import-not-at-top
+  return {"/".join(k): v for k, v in
+          flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+
+
+def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def channel_keep(model: nn.Module, params, test_gate: Optional[str] = None
+                 ) -> Dict[str, np.ndarray]:
+  """Kept output channels (test-time gate > 0) of every gated layer, with the gate
+  values: ``{layer path: (indices, gate values at those indices)}``."""
+  mode = _test_gate(model, test_gate)
+  kw = _gate_kwargs(model)
+  out = {}
+  for name, layer in density.gated_layers(_unwrap(params)).items():
+    g = np.asarray(gates.deterministic_gate(layer.log_alpha, mode, **kw), np.float32)
+    if g.ndim != 1:
+      raise NotImplementedError(f"{name}: channel-gated CNNs are compacted with "
+                                "structured (per-channel) gates only")
+    idx = np.flatnonzero(g > 0)
+    out[name] = (idx, g[idx])
+  return out
+
+
+def _purge_channels(model: nn.Module, variables, test_gate: Optional[str]):
+  """:func:`purge` for channel-gated CNNs: the model's own class, ungated, with only
+  the kept channels (``keep``); fractional gates folded into the BatchNorm affine."""
+  if not isinstance(variables, Mapping) or "params" not in variables:
+    raise ValueError(f"purging {type(model).__name__} needs its variables "
+                     "({'params': ..., 'batch_stats': ...}), not only params")
+  keep = channel_keep(model, variables["params"], test_gate)
+  params = _path_dict(variables["params"])
+  stats = _path_dict(variables.get("batch_stats", {}))
+  for name, (idx, g) in keep.items():
+    params.pop(f"{name}/log_alpha")
+    kernel = params[f"{name}/kernel"]
+    params[f"{name}/kernel"] = kernel[..., idx]
+    for leaf in ("scale", "bias"):  # y * g = BN(x) * g: fold g into the affine map
+      if f"{name}/{leaf}" in params:
+        params[f"{name}/{leaf}"] = params[f"{name}/{leaf}"][idx] * g
+    for leaf in ("mean", "var"):
+      if f"{name}/{leaf}" in stats:
+        stats[f"{name}/{leaf}"] = stats[f"{name}/{leaf}"][idx]
+  for reader, source in model.channel_sources().items():
+    kernel = params[f"{reader}/kernel"]  # (..., in, out): keep the source's channels
+    params[f"{reader}/kernel"] = np.take(kernel, keep[source][0], axis=-2)
+  purged_model = model.clone(  # for inference: no mapped axis
+      gated=False, axis_name=None, keep=tuple((n, tuple(int(i) for i in idx))
+                              for n, (idx, _) in keep.items()))
+  put = lambda tree: jax.tree.map(lambda a: jax.device_put(np.ascontiguousarray(a)), tree)
+  out = {"params": put(_nest(params))}
+  if stats:
+    out["batch_stats"] = put(_nest(stats))
+  return purged_model, out
+
+
+def _channel_counts(model: nn.Module, variables, input_shape, test_gate) -> Dict[str, Any]:
+  """:func:`counts` for channel-gated CNNs (parameters, MACs, kept channels)."""
+  if input_shape is None:
+    raise ValueError("counts needs input_shape=(H, W, C) for a CNN")
+  keep = channel_keep(model, variables["params"], test_gate)
+  purged_model, purged = _purge_channels(model, variables, test_gate)
+  dense = layer_table(model.clone(gated=False), input_shape)
+  small = layer_table(purged_model, input_shape)
+  layers = density.gated_layers(_unwrap(variables["params"]))
+  dense_sparse = sum(l.num_sparsifiable for l in layers.values())
+  purged_sparse = 0
+  for name, layer in layers.items():  # kept channels x (sliced group + bias share)
+    k_small, k_dense = small[name]["kernel"], dense[name]["kernel"]
+    bias_share = layer.group_size - math.prod(k_dense[:-1])
+    purged_sparse += k_small[-1] * (math.prod(k_small[:-1]) + bias_share)
+  count = lambda table: sum(math.prod(row["kernel"]) + row["bias"]
+                            for row in table.values())
+  macs = lambda table: sum(row["macs"] for row in table.values())
+  stages: Dict[str, List[str]] = {}
+  if "stem" in keep:
+    stages["stem"] = [str(len(keep["stem"][0]))]
+  for name, (idx, _) in keep.items():
+    if name != "stem":  # blocks "stage{s}_block{b}/conv{i}" by stage; VGG "conv{i}"
+      stage = name.split("_")[0] if "/" in name else "convs"
+      stages.setdefault(stage, []).append(str(len(idx)))
+  test_time_macs = sum(row["macs"] * (len(keep[n][0]) / row["kernel"][-1] if n in keep
+                                       else 1) for n, row in dense.items())
+  return {
+      "dense_params": count(dense), "dense_macs": macs(dense),
+      "test_time_macs": int(round(test_time_macs)),
+      "purged_params": count(small), "purged_macs": macs(small),
+      "dense_sparsifiable": dense_sparse, "purged_sparsifiable": purged_sparse,
+      "purged_density": purged_sparse / max(dense_sparse, 1),
+      "architecture": "; ".join(f"{k}: " + "-".join(v) for k, v in stages.items()),
+      "kept_channels": {n: len(idx) for n, (idx, _) in keep.items()},
+  }
+
+
+def layer_table(model: nn.Module, input_shape: Sequence[int]) -> Dict[str, Dict[str, Any]]:
+  """Every convolution and dense layer of ``model`` on one ``input_shape`` example:
+  ``{path: {"kind", "kernel" (shape), "bias" (size), "positions", "macs"}}``, MACs
+  per example ``positions * prod(kernel)``. Shapes only: nothing is computed."""
+  from l0jax import layers as l0layers  # pylint: disable=g-import-not-at-top
+  table: Dict[str, Dict[str, Any]] = {}
+  conv_types = (nn.Conv, l0layers.L0Conv, l0layers.ConvBN)
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name == "__call__" and isinstance(
+        module, conv_types + (nn.Dense, l0layers.L0Dense)):
+      x = args[0]
+      path = "/".join(module.scope.path)
+      if isinstance(module, conv_types):
+        k = tuple(module.kernel_size)
+        strides = module.strides
+        strides = (strides,) * len(k) if isinstance(strides, int) else tuple(strides or (1,) * len(k))
+        spatial = x.shape[1:-1]
+        if module.padding == "SAME":
+          out_sp = [-(-n // st) for n, st in zip(spatial, strides)]
+        else:
+          out_sp = [(n - kk) // st + 1 for n, kk, st in zip(spatial, k, strides)]
+        kernel = k + (x.shape[-1], module.features)
+        positions = math.prod(out_sp)
+      else:
+        kernel, positions = (x.shape[-1], module.features), math.prod(x.shape[1:-1])
+      has_bias = getattr(module, "use_bias", True) or isinstance(module, l0layers.ConvBN)
+      table[path] = {"kind": "conv" if isinstance(module, conv_types) else "dense",
+                     "kernel": tuple(int(d) for d in kernel),
+                     "bias": int(kernel[-1]) if has_bias else 0,
+                     "positions": int(positions),
+                     "macs": int(positions) * math.prod(kernel)}
+    return out
+
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda x: model.init({"params": jax.random.key(0),
+                                         "gates": jax.random.key(0)}, x,
+                                        deterministic=True), x)
+  return table
+
+
+# ------------------------------------------------------------------------------------
 # Export: orbax for the arrays, JSON for the architecture.
 # ------------------------------------------------------------------------------------
 
@@ -642,22 +840,33 @@ def save(path: Union[str, os.PathLike], purged_model, params, *,
     raise FileExistsError(
         f"{path} already exists; refusing to overwrite it. Pass overwrite=True "
         f"(--overwrite on the command line) to replace it.")
-  ops = _ops_from_spec(purged_model)
-  params = _unwrap(params)
-  names = [op.name for op in ops if op.kind in LINEAR_KINDS]
-  if set(params) != set(names):
-    raise ValueError(f"params layers {sorted(params)} do not match the model's "
-                     f"{sorted(names)}")
-  arrays = {name: {leaf: np.asarray(value) for leaf, value in params[name].items()}
-            for name in names}
-  spec = _spec_dict(ops)
-  spec["params"] = {
-      name: {leaf: {"shape": list(a.shape), "dtype": str(a.dtype)}
-             for leaf, a in layer.items()} for name, layer in arrays.items()}
-  # orbax refuses zero-size arrays (zero-width layers); spec.json records them.
-  stored = {name: {leaf: a for leaf, a in layer.items() if a.size}
-            for name, layer in arrays.items()}
-  stored = {name: layer for name, layer in stored.items() if layer}
+  if has_channel_graph(purged_model):  # a purged CNN: its variables, by path
+    if not isinstance(params, Mapping) or "params" not in params:
+      raise ValueError("a purged CNN is saved with its variables "
+                       "({'params': ..., 'batch_stats': ...})")
+    flat = _path_dict(params)
+    spec = _model_spec(purged_model)
+    spec["arrays"] = {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
+                      for k, a in flat.items()}
+    # orbax refuses zero-size arrays (zero-width layers); spec.json records them.
+    stored = _nest({k: a for k, a in flat.items() if a.size})
+  else:
+    ops = _ops_from_spec(purged_model)
+    params = _unwrap(params)
+    names = [op.name for op in ops if op.kind in LINEAR_KINDS]
+    if set(params) != set(names):
+      raise ValueError(f"params layers {sorted(params)} do not match the model's "
+                       f"{sorted(names)}")
+    arrays = {name: {leaf: np.asarray(value) for leaf, value in params[name].items()}
+              for name in names}
+    spec = _spec_dict(ops)
+    spec["params"] = {
+        name: {leaf: {"shape": list(a.shape), "dtype": str(a.dtype)}
+               for leaf, a in layer.items()} for name, layer in arrays.items()}
+    # orbax refuses zero-size arrays (zero-width layers); spec.json records them.
+    stored = {name: {leaf: a for leaf, a in layer.items() if a.size}
+              for name, layer in arrays.items()}
+    stored = {name: layer for name, layer in stored.items() if layer}
 
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
@@ -696,8 +905,20 @@ def load(path: Union[str, os.PathLike]
     raise FileNotFoundError(f"{path} is not a saved purged model (no {SPEC_FILE})")
   with open(spec_path) as f:
     spec = json.load(f)
-  model = PurgedModel.from_spec(spec)
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  if "model" in spec:  # a purged CNN: (model, variables)
+    model = _model_from_spec(spec)
+    target, empty = {}, {}
+    for key, info in spec["arrays"].items():
+      shape, dtype = tuple(info["shape"]), jnp.dtype(info["dtype"])
+      if math.prod(shape):
+        target[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+      else:
+        empty[key] = jnp.zeros(shape, dtype)
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(os.path.join(path, PARAMS_DIR), _nest(target))
+    return model, _nest({**_path_dict_keep(restored), **empty})
+  model = PurgedModel.from_spec(spec)
   target, empty = {}, {}
   for name, layer in spec["params"].items():
     for leaf, info in layer.items():

@@ -844,15 +844,16 @@ def gate_report(params, config) -> Dict[str, Any]:
   }
 
 
-def purge_report(model, params, config) -> Dict[str, Any]:
+def purge_report(model, variables, config) -> Dict[str, Any]:
   """Size of the compacted model (``l0jax.purge``): params, MACs, density, architecture."""
   if not config.gated:
     return {}
   from l0jax import purge  # pylint: disable=g-import-not-at-top
-  c = purge.counts(model, params, input_shape=input_shape(config))
+  c = purge.counts(model, variables, input_shape=input_shape(config))
   keys = ("dense_macs", "test_time_macs", "purged_params", "purged_macs",
           "purged_density", "architecture")
-  return {k: c[k] for k in keys}
+  return {**{k: c[k] for k in keys},
+          "purged_macs_density": c["purged_macs"] / max(c["dense_macs"], 1)}
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -966,12 +967,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step % config.checkpoint_every_steps and step != total_steps:  # not saved yet
         manager.save(step, args=_save_args(unreplicate(state)))
       manager.wait_until_finished()
+      batches.close()
       bar.close()
       log.close()
       raise distributed.Preempted(
           f"preempted at step {step}: saved a checkpoint of step {step} in {workdir}; "
           "run the same command again to resume")
   manager.wait_until_finished()
+  batches.close()  # stops the workers computing batches ahead
   bar.close()
   log.close()
 
@@ -1025,8 +1028,8 @@ def export_purged(config, workdir: str, path: str, overwrite: bool = False) -> s
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
   task, state = restore_for_eval(config, workdir)
-  purged_model, purged_params = purge.purge(task.model, state.params)
-  return purge.save(path, purged_model, purged_params, overwrite=overwrite)
+  purged_model, purged = purge.purge(task.model, eval_variables(state))
+  return purge.save(path, purged_model, purged, overwrite=overwrite)
 
 
 def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
@@ -1038,7 +1041,7 @@ def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
   result = evaluate(replicate(eval_variables(state), mesh), functions.eval,
                     load_source(config, config.eval_split), config, mesh)
   return {"step": int(state.step), **result, **gate_report(state.params, config),
-          **purge_report(task.model, state.params, config),
+          **purge_report(task.model, eval_variables(state), config),
           "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],
           "targets": list(task.problem.targets) if config.method == "constrained" else [],
           "layer_names": list(task.layer_names)}

@@ -323,7 +323,8 @@ def test_two_processes_equal_one_process_with_four_devices(fake_dataset, straigh
   assert summaries[0] == summaries[1]
   mesh = train_lib.make_mesh(devices)
   reference = train_lib.evaluate(
-      one.params, train_lib.make_eval_step(config, train_lib.make_task(config), mesh),
+      train_lib.eval_variables(one),
+      train_lib.make_eval_step(config, train_lib.make_task(config), mesh),
       train_lib.load_source(config, config.eval_split), config, mesh)
   assert summaries[0]["test_examples"] == reference["test_examples"] == 100
   assert summaries[0]["test_error"] == pytest.approx(reference["test_error"], abs=1e-9)

@@ -198,6 +198,19 @@ class TrainIterator(Iterator[Dict[str, np.ndarray]]):
   def __iter__(self):
     return self
 
+  def close(self) -> None:
+    """Stops the grain threads / worker processes computing batches ahead (a later
+    ``next`` starts them again from ``step``)."""
+    ahead, self._ahead = self._ahead, None
+    if ahead is not None and hasattr(ahead, "close"):
+      ahead.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
 
 # The public constructor: ``train_iterator(source, global_batch_size=..., seed=...)``.
 train_iterator = TrainIterator

@@ -31,6 +31,10 @@ class GatedModel(nn.Module):
     axis_name: the data-parallel axis (``pmap`` / ``shard_map``) over which
       BatchNorm statistics are summed; None outside a mapped step.
     bn_momentum: BatchNorm running-statistics momentum.
+    keep: set by :func:`l0jax.purge.purge` on the plain, compacted copy of a gated
+      CNN: ``(layer path, kept output channels)`` of every gated convolution, which
+      then has only those channels (:meth:`conv_bn`) and scatters them back where
+      its output joins a residual sum (:meth:`restore_width`).
   """
   gated: bool = True
   unstructured: bool = False
@@ -42,6 +46,7 @@ class GatedModel(nn.Module):
   dtype: Any = None             # compute dtype (e.g. jnp.bfloat16); params stay float32
   axis_name: Optional[str] = None  # data-parallel axis that BatchNorm statistics span
   bn_momentum: float = 0.9
+  keep: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()  # purged models (l0jax.purge)
 
   def _gate_attributes(self, droprate: float):
     return dict(droprate_init=droprate, unstructured=self.unstructured,
@@ -57,11 +62,32 @@ class GatedModel(nn.Module):
     return layers.L0Dense(features, name=name, dtype=self.dtype,
                           **self._gate_attributes(droprate))
 
+  def layer_path(self, name: str) -> str:
+    """The '/'-joined parameter path of this module's sub-layer ``name``."""
+    return "/".join(tuple(self.scope.path) + (name,))
+
+  def kept(self, name: str) -> Optional[Tuple[int, ...]]:
+    """The kept output channels of sub-layer ``name`` in a purged model, else None."""
+    return dict(self.keep).get(self.layer_path(name))
+
+  def restore_width(self, y, name: str, width: int):
+    """``y`` (the output of sub-layer ``name``) at ``width`` channels: in a purged model
+    the kept channels are scattered back to their places (zeros elsewhere) before a
+    residual sum; otherwise ``y`` itself."""
+    kept = self.kept(name)
+    if kept is None or len(kept) == width:
+      return y
+    full = jnp.zeros(y.shape[:-1] + (width,), y.dtype)
+    return full.at[..., jnp.asarray(kept, jnp.int32)].set(y)
+
   def conv_bn(self, features: int, kernel_size: Sequence[int], droprate: float,
               name: str, strides=1, gated: Optional[bool] = None) -> nn.Module:
     """Convolution (SAME, no bias) + BatchNorm, then channel gates when ``gated``
     (default: the model's): ``L0Conv(batch_norm=True)`` or its ungated twin
-    :class:`~l0jax.layers.ConvBN`, with the same parameter names."""
+    :class:`~l0jax.layers.ConvBN`, with the same parameter names. In a purged model
+    only the kept channels are computed."""
+    kept = self.kept(name)
+    features = features if kept is None else len(kept)
     common = dict(strides=strides, padding="SAME", ops_method=self.ops_method,
                   bn_momentum=self.bn_momentum, axis_name=self.axis_name,
                   dtype=self.dtype, name=name)

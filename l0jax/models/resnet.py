@@ -36,6 +36,7 @@ class BasicBlock(GatedModel):
         x, deterministic, post=nn.relu)
     h = self.apply_layer(self.conv_bn(self.features, (3, 3), self.droprate, "conv2"),
                          h, deterministic)
+    h = self.restore_width(h, "conv2", self.features)
     return nn.relu(h + _shortcut(self, x, self.features, self.stride, self.shortcut,
                                  deterministic))
 
@@ -56,6 +57,7 @@ class Bottleneck(GatedModel):
         h, deterministic, post=nn.relu)
     h = self.apply_layer(self.conv_bn(4 * self.features, (1, 1), self.droprate, "conv3"),
                          h, deterministic)
+    h = self.restore_width(h, "conv3", 4 * self.features)
     return nn.relu(h + _shortcut(self, x, 4 * self.features, self.stride, "conv",
                                  deterministic))
 
@@ -112,6 +114,17 @@ class ResNet(GatedModel):
     x = jnp.mean(x, axis=(1, 2))
     return self.dense(self.num_classes, self.droprate, "classifier", gated=False)(x)
 
+  def blocks(self):
+    _, stages = IMAGENET_STAGES[self.depth]
+    return [f"stage{s + 1}_block{b + 1}" for s, n in enumerate(stages) for b in range(n)]
+
+  def channel_sources(self):
+    """Layers that read a gated layer's channels directly: ``{reader: gated layer}``."""
+    kind, _ = IMAGENET_STAGES[self.depth]
+    pairs = (("conv1", "conv2"),) if kind == "basic" else (("conv1", "conv2"),
+                                                           ("conv2", "conv3"))
+    return {f"{b}/{reader}": f"{b}/{src}" for b in self.blocks() for src, reader in pairs}
+
 
 class CifarResNet(GatedModel):
   """CIFAR ResNet-(6n+2) (He et al., 2016, Sec. 4.2): ``conv3x3(16) + BN + ReLU -> 3
@@ -130,9 +143,10 @@ class CifarResNet(GatedModel):
     if self.depth < 8 or (self.depth - 2) % 6:
       raise ValueError(f"CifarResNet depth must be 6n + 2 with n >= 1, got {self.depth}")
     n = (self.depth - 2) // 6
-    x = self.apply_layer(
-        self.conv_bn(self.width(16, self.width_scale), (3, 3), self.droprate, "stem"),
-        x, deterministic, post=nn.relu)
+    stem = self.width(16, self.width_scale)
+    x = self.apply_layer(self.conv_bn(stem, (3, 3), self.droprate, "stem"),
+                         x, deterministic, post=nn.relu)
+    x = self.restore_width(x, "stem", stem)
     for s in range(3):
       width = self.width(16 * 2 ** s, self.width_scale)
       for b in range(n):
@@ -141,3 +155,11 @@ class CifarResNet(GatedModel):
                        name=f"stage{s + 1}_block{b + 1}", **self.shared())(x, deterministic)
     x = jnp.mean(x, axis=(1, 2))
     return self.dense(self.num_classes, self.droprate, "classifier", gated=False)(x)
+
+  def blocks(self):
+    return [f"stage{s + 1}_block{b + 1}" for s in range(3)
+            for b in range((self.depth - 2) // 6)]
+
+  def channel_sources(self):
+    """Layers that read a gated layer's channels directly: ``{reader: gated layer}``."""
+    return {f"{b}/conv2": f"{b}/conv1" for b in self.blocks()}

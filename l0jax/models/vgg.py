@@ -49,3 +49,11 @@ class VGG(GatedModel):
       x = self.apply_layer(layer, x, deterministic, post=post)
     x = jnp.mean(x, axis=(1, 2))
     return self.dense(self.num_classes, self.droprate, "classifier", gated=False)(x)
+
+  def channel_sources(self):
+    """Layers that read a gated layer's channels directly: ``{reader: gated layer}``
+    (each conv reads the previous one; the classifier the pooled last one)."""
+    n = sum(item != "M" for item in self.plan)
+    sources = {f"conv{k + 1}": f"conv{k}" for k in range(1, n)}
+    sources["classifier"] = f"conv{n}"
+    return sources

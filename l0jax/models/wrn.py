@@ -53,6 +53,14 @@ class WideResNet(GatedModel):
     x = jnp.mean(x, axis=(1, 2))
     return self.dense(self.num_classes, self.droprate, "classifier", gated=False)(x)
 
+  def blocks(self):
+    return [f"stage{s + 1}_block{b + 1}" for s in range(3)
+            for b in range((self.depth - 4) // 6)]
+
+  def channel_sources(self):
+    """Layers that read a gated layer's channels directly: ``{reader: gated layer}``."""
+    return {f"{b}/conv2": f"{b}/conv1" for b in self.blocks()}
+
 
 class WideBlock(GatedModel):
   """One pre-activation block of :class:`WideResNet` (its docstring)."""
