@@ -305,6 +305,8 @@ def apply_gates(params, log_alphas: Mapping[str, jax.Array],
   """
   matched = match(params, specs)
   _check_gates(matched, log_alphas)
+  if not matched:
+    return params
   kw = dict(beta=beta, gamma=gamma, zeta=zeta, clamp=clamp)
   names = list(matched)
   if deterministic:

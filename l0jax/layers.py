@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import flax
@@ -33,14 +34,14 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
-from l0jax import gates, ops
+from l0jax import density, gates, ops
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 PaddingLike = Union[str, Sequence[Tuple[int, int]]]
 
-__all__ = ["L0Dense", "L0Conv", "NOISE_COLLECTION", "lecun_normal",
-           "per_example_noise"]
+__all__ = ["L0Dense", "L0Conv", "NOISE_COLLECTION", "convolution", "gated_conv",
+           "gated_dense", "lecun_normal", "per_example_noise"]
 
 NOISE_COLLECTION = "gate_noise"
 
@@ -65,7 +66,9 @@ def per_example_noise(keys: Array, params) -> Dict[str, Any]:
 
   Example ``b`` draws all of its noise, for every layer, in one flat
   ``jax.random.uniform(keys[b], (total_gates,))`` (computed by
-  :func:`l0jax.gates.uniform`), split in the order of the flattened ``params`` paths.
+  :func:`l0jax.gates.uniform`), split by layer in the order of
+  :func:`l0jax.density.gated_layers` (natural sort of the layer paths, whatever the
+  dict order).
   The result is the ``"gate_noise"`` collection to pass with the parameters::
 
       noise = per_example_noise(keys, params)          # keys: shape (batch,)
@@ -82,20 +85,140 @@ def per_example_noise(keys: Array, params) -> Dict[str, Any]:
   """
   if keys.ndim != 1:
     raise ValueError(f"keys must have shape (batch,), got {keys.shape}")
-  flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
-  layers = [path[:-1] for path in flat
-            if path[-1] == "log_alpha" and path[:-1] + ("kernel",) in flat]
+  found = density._layer_dicts(flax.core.unfreeze(params))  # pylint: disable=protected-access
+  layers = list(found)
   if not layers:
     raise ValueError("params contain no gated layer (no dict with both 'kernel' and "
                      "'log_alpha')")
-  shapes = [flat[path + ("log_alpha",)].shape for path in layers]
-  dtype = jnp.promote_types(flat[layers[0] + ("log_alpha",)].dtype, jnp.float32)
+  shapes = [found[path]["log_alpha"].shape for path in layers]
+  dtype = jnp.promote_types(found[layers[0]]["log_alpha"].dtype, jnp.float32)
   sizes = [math.prod(shape) for shape in shapes]
   u = gates.uniform(keys, sum(sizes), dtype)
   pieces = jnp.split(u, list(itertools.accumulate(sizes))[:-1], axis=1)
   return traverse_util.unflatten_dict({
       path + ("uniform",): piece.reshape((keys.shape[0],) + shape)
       for path, shape, piece in zip(layers, shapes, pieces)})
+
+
+_PER_EXAMPLE_UNSTRUCTURED = (
+    "per-example unstructured gates draw one gate per weight per example ({count:,} "
+    "hard-concrete samples for this {what}); that is batch times the per-batch cost: "
+    "{measured} (`python benchmarks/step_time.py --compare`, gate modes table). Use "
+    "sample_per_example=False (one sample per batch) or structured gates.")
+# Measured with that command on the project's 2-core CPU (jax 0.10.2).
+_PER_EXAMPLE_UNSTRUCTURED_COST = (
+    "a 64x512->256 dense layer's forward + backward took 242 ms with per-example "
+    "unstructured gates against 0.94 ms with per-batch ones, most of it drawing and "
+    "transforming the 8.4M noise samples")
+
+
+def _warn_per_example_unstructured(count: int, what: str) -> None:
+  warnings.warn(_PER_EXAMPLE_UNSTRUCTURED.format(
+      count=count, what=what, measured=_PER_EXAMPLE_UNSTRUCTURED_COST), stacklevel=3)
+
+
+def gated_dense(x: Array, kernel: Array, bias: Optional[Array], z: Array, *,
+                unstructured: bool = False) -> Array:
+  """The gated dense map for given gates ``z`` (the math of :class:`L0Dense`).
+
+  Structured (input-unit) gates: ``z`` of shape ``(in,)`` (one sample for the batch,
+  folded into the kernel rows) or ``(batch, in)`` (per example, on the inputs);
+  ``y = (x * z) @ kernel + bias``. Unstructured: ``z`` of the kernel's shape, or
+  ``(batch,) + kernel.shape`` per example (one gated kernel per example: warns, see
+  :data:`_PER_EXAMPLE_UNSTRUCTURED`); ``y = x @ (kernel * z) + bias``. The bias is
+  not gated.
+  """
+  in_features = kernel.shape[0]
+  if unstructured:
+    if z.ndim == kernel.ndim + 1:
+      _warn_per_example_unstructured(z.size, "dense layer")
+      lead = x.reshape(x.shape[0], -1, in_features)
+      y = jnp.einsum("bti,bio->bto", lead, kernel * z)
+      y = y.reshape(x.shape[:-1] + (kernel.shape[-1],))
+    else:
+      y = x @ (kernel * z)
+  elif z.ndim == 2:
+    y = (x * z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (in_features,))) @ kernel
+  else:
+    y = x @ (kernel * z[:, None])
+  return y if bias is None else y + bias
+
+
+def check_conv_input(x: Array, kernel_size: Sequence[int]) -> None:
+  """Raises ValueError unless ``x`` is ``(N, spatial..., C)`` for ``kernel_size``."""
+  spatial = len(kernel_size)
+  if not 1 <= spatial <= 3:
+    raise ValueError(f"kernel_size must have 1 to 3 dims, got {kernel_size}")
+  if x.ndim != spatial + 2:
+    raise ValueError(f"an L0 conv with kernel_size {tuple(kernel_size)} expects "
+                     f"inputs of rank {spatial + 2} (N, spatial..., C), got shape "
+                     f"{x.shape}")
+
+
+def convolution(x: Array, kernel: Array, strides=1, padding: PaddingLike = "SAME",
+                kernel_dilation=1, ops_method: str = "auto") -> Array:
+  """NHWC x HWIO convolution through :func:`l0jax.ops.conv_general_dilated`."""
+  spatial = kernel.ndim - 2
+  as_tuple = lambda v: (v,) * spatial if isinstance(v, int) else tuple(v)
+  letters = "DHW"[-spatial:]
+  dims = jax.lax.conv_dimension_numbers(
+      x.shape, kernel.shape, ("N" + letters + "C", letters + "IO", "N" + letters + "C"))
+  padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+  return ops.conv_general_dilated(
+      x, kernel, as_tuple(strides), padding, rhs_dilation=as_tuple(kernel_dilation),
+      dimension_numbers=dims, method=ops_method)
+
+
+def gated_conv(x: Array, kernel: Array, bias: Optional[Array], z: Array,
+               conv: Callable[[Array, Array], Array], *, unstructured: bool = False,
+               post: Optional[Callable[[Array], Array]] = None) -> Array:
+  """The gated convolution for given gates ``z`` (the math of :class:`L0Conv`).
+
+  ``conv(x, kernel)`` is the convolution (e.g. :func:`convolution` with the layer's
+  strides and padding). Channel gates: ``z`` of shape ``(out,)`` (folded into the
+  kernel and bias) or ``(batch, out)`` (multiplying ``post``'s output; see
+  :meth:`L0Conv.__call__` for ``post``). Unstructured: ``z`` of the kernel's shape, or
+  ``(batch,) + kernel.shape`` (each example convolved with its own kernel: warns),
+  with an ungated bias.
+  """
+  features = kernel.shape[-1]
+
+  def post_checked(y):
+    if post is None:
+      return y
+    out = post(y)
+    if out.shape[:1] != y.shape[:1] or out.shape[-1] != features:
+      raise ValueError(f"post must keep the batch axis first and the {features} "
+                       f"channels last, got shape {out.shape} from {y.shape}")
+    return out
+
+  if unstructured:
+    if z.ndim == kernel.ndim + 1:
+      _warn_per_example_unstructured(z.size, "convolution")
+      y = jax.vmap(lambda xi, ki: conv(xi[None], ki)[0])(x, kernel * z)
+    else:
+      y = conv(x, kernel * z)
+    return post_checked(y + bias if bias is not None else y)
+  if z.ndim == 1:  # fold the shared gates into the kernel and bias
+    y = conv(x, kernel * z)
+    return post_checked(y + bias * z if bias is not None else y)
+  y = conv(x, kernel)
+  y = post_checked(y + bias if bias is not None else y)
+  return y * z.reshape((x.shape[0],) + (1,) * (y.ndim - 2) + (features,))
+
+
+def check_test_gate(mode: str) -> None:
+  if mode not in gates.TEST_GATE_MODES:
+    raise ValueError(f"test_gate must be one of {gates.TEST_GATE_MODES}, got {mode!r}")
+
+
+def rescaled_init(kernel_init: Initializer, droprate_init: float,
+                  rescale: bool) -> Initializer:
+  """``kernel_init``, times ``1 / (1 - droprate_init)`` when ``rescale``."""
+  if not rescale:
+    return kernel_init
+  scale = 1.0 / (1.0 - droprate_init)
+  return lambda key, shape, dtype=jnp.float32: scale * kernel_init(key, shape, dtype)
 
 
 class _GateMixin:
@@ -106,9 +229,7 @@ class _GateMixin:
                 clamp=self.log_alpha_clamp)
 
   def _log_alpha(self, shape) -> Array:
-    if self.test_gate not in gates.TEST_GATE_MODES:
-      raise ValueError(f"test_gate must be one of {gates.TEST_GATE_MODES}, "
-                       f"got {self.test_gate!r}")
+    check_test_gate(self.test_gate)
     return self.param(
         "log_alpha",
         lambda key, s: gates.init_log_alpha(key, s, self.droprate_init,
@@ -116,11 +237,7 @@ class _GateMixin:
         shape)
 
   def _kernel_init(self) -> Initializer:
-    if not self.rescale_init:
-      return self.kernel_init
-    scale = 1.0 / (1.0 - self.droprate_init)
-    return lambda key, shape, dtype=jnp.float32: scale * self.kernel_init(
-        key, shape, dtype)
+    return rescaled_init(self.kernel_init, self.droprate_init, self.rescale_init)
 
   def _gates(self, log_alpha: Array, deterministic: bool, batch_shape) -> Array:
     """Test-time gates, or samples of shape ``batch_shape + log_alpha.shape``."""
@@ -193,25 +310,8 @@ class L0Dense(_GateMixin, nn.Module):
         x, kernel, bias, log_alpha, dtype=self.dtype)
 
     per_example = self.sample_per_example and x.ndim > 1 and not deterministic
-    if self.unstructured:
-      if per_example:
-        z = self._gates(log_alpha, deterministic, x.shape[:1])
-        lead = x.reshape(x.shape[0], -1, in_features)
-        y = jnp.einsum("bti,bio->bto", lead, kernel * z)
-        y = y.reshape(x.shape[:-1] + (self.features,))
-      else:
-        y = x @ (kernel * self._gates(log_alpha, deterministic, ()))
-    else:
-      if per_example:
-        z = self._gates(log_alpha, deterministic, x.shape[:1])
-        z = z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (in_features,))
-        y = (x * z) @ kernel
-      else:
-        z = self._gates(log_alpha, deterministic, ())
-        y = x @ (kernel * z[:, None])
-    if bias is not None:
-      y = y + bias
-    return y
+    z = self._gates(log_alpha, deterministic, x.shape[:1] if per_example else ())
+    return gated_dense(x, kernel, bias, z, unstructured=self.unstructured)
 
 
 class L0Conv(_GateMixin, nn.Module):
@@ -254,18 +354,8 @@ class L0Conv(_GateMixin, nn.Module):
   dtype: Any = None
 
   def _conv(self, x: Array, kernel: Array) -> Array:
-    spatial = len(self.kernel_size)
-    as_tuple = lambda v: (v,) * spatial if isinstance(v, int) else tuple(v)
-    letters = "DHW"[-spatial:]
-    dims = jax.lax.conv_dimension_numbers(
-        x.shape, kernel.shape,
-        ("N" + letters + "C", letters + "IO", "N" + letters + "C"))
-    padding = self.padding if isinstance(self.padding, str) else tuple(
-        tuple(p) for p in self.padding)
-    return ops.conv_general_dilated(
-        x, kernel, as_tuple(self.strides), padding,
-        rhs_dilation=as_tuple(self.kernel_dilation), dimension_numbers=dims,
-        method=self.ops_method)
+    return convolution(x, kernel, self.strides, self.padding, self.kernel_dilation,
+                       self.ops_method)
 
   @nn.compact
   def __call__(self, x: Array, deterministic: Optional[bool] = None,
@@ -284,13 +374,7 @@ class L0Conv(_GateMixin, nn.Module):
     """
     deterministic = nn.merge_param("deterministic", self.deterministic,
                                    deterministic)
-    spatial = len(self.kernel_size)
-    if not 1 <= spatial <= 3:
-      raise ValueError(f"kernel_size must have 1 to 3 dims, got {self.kernel_size}")
-    if x.ndim != spatial + 2:
-      raise ValueError(f"L0Conv with kernel_size {tuple(self.kernel_size)} expects "
-                       f"inputs of rank {spatial + 2} (N, spatial..., C), got "
-                       f"shape {x.shape}")
+    check_conv_input(x, self.kernel_size)
     kernel_shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
     kernel = self.param("kernel", self._kernel_init(), kernel_shape,
                         self.param_dtype)
@@ -301,29 +385,7 @@ class L0Conv(_GateMixin, nn.Module):
     x, kernel, bias, log_alpha = nn.dtypes.promote_dtype(
         x, kernel, bias, log_alpha, dtype=self.dtype)
 
-    def post_checked(y):
-      if post is None:
-        return y
-      out = post(y)
-      if out.shape[:1] != y.shape[:1] or out.shape[-1] != self.features:
-        raise ValueError(f"post must keep the batch axis first and the "
-                         f"{self.features} channels last, got shape {out.shape} from "
-                         f"{y.shape}")
-      return out
-
     per_example = self.sample_per_example and not deterministic
-    if self.unstructured:
-      if per_example:
-        z = self._gates(log_alpha, deterministic, x.shape[:1])
-        y = jax.vmap(lambda xi, ki: self._conv(xi[None], ki)[0])(x, kernel * z)
-      else:
-        y = self._conv(x, kernel * self._gates(log_alpha, deterministic, ()))
-      return post_checked(y + bias if bias is not None else y)
-    if not per_example:  # fold the shared gates into the kernel and bias
-      z = self._gates(log_alpha, deterministic, ())
-      y = self._conv(x, kernel * z)
-      return post_checked(y + bias * z if bias is not None else y)
-    z = self._gates(log_alpha, deterministic, x.shape[:1])
-    y = self._conv(x, kernel)
-    y = post_checked(y + bias if bias is not None else y)
-    return y * z.reshape((x.shape[0],) + (1,) * (y.ndim - 2) + (self.features,))
+    z = self._gates(log_alpha, deterministic, x.shape[:1] if per_example else ())
+    return gated_conv(x, kernel, bias, z, self._conv, unstructured=self.unstructured,
+                      post=post)
