@@ -18,6 +18,11 @@ Every function here takes that dict, or a params pytree from which
   ``(out,)``, N-D kernel      output channels (outputs)    ``in*kh*kw`` (+1 for bias)
   =========================  ===========================  ===========================
 
+  Stacked layers (``nn.scan``, ``nn.vmap``) carry the stack axes in front of both:
+  ``(L, in)`` gates on an ``(L, in, out)`` kernel, ``(L, out)`` on ``(L, kh, kw, in,
+  out)``. A square 2-D kernel with ``(out,)`` gates reads as input gates: say
+  otherwise with a ``GateSpec``.
+
 * ``gated_layers(params, specs, log_alphas)``: any pytree gated by path
   (:class:`l0jax.gating.GateSpec`), layers keyed by the gated parameter's path;
 * a dict you build: ``{"attn": GatedLayer(log_alpha, group_size=4 * d * head_dim)}``.
@@ -133,15 +138,21 @@ def _classify(path: str, layer: Mapping[str, Any]) -> GatedLayer:
   k_shape, a_shape = tuple(kernel.shape), tuple(log_alpha.shape)
   if a_shape == k_shape:
     return GatedLayer(log_alpha, 1, UNSTRUCTURED, k_shape)
-  if len(k_shape) == 2 and a_shape == k_shape[:1]:
-    return GatedLayer(log_alpha, k_shape[1], INPUTS, k_shape)
-  if len(k_shape) > 2 and a_shape == k_shape[-1:]:
+  if len(k_shape) >= 2 and a_shape == k_shape[:-1]:
+    # (in,) gates of a 2-D kernel; with leading axes, a stack of them (nn.scan).
+    return GatedLayer(log_alpha, k_shape[-1], INPUTS, k_shape)
+  stack = a_shape[:-1]
+  if (len(k_shape) >= len(a_shape) + 2 and k_shape[:len(stack)] == stack
+      and a_shape[-1:] == k_shape[-1:]):
+    # (out,) channel gates of a conv kernel; with leading axes, a stack of them.
     bias = 1 if "bias" in layer else 0
-    return GatedLayer(log_alpha, math.prod(k_shape[:-1]) + bias, OUTPUTS, k_shape)
+    group = math.prod(k_shape[len(stack):-1]) + bias
+    return GatedLayer(log_alpha, group, OUTPUTS, k_shape)
   raise ValueError(
       f"gated layer {path!r}: log_alpha shape {a_shape} matches no gate layout for "
       f"kernel shape {k_shape} (expected the kernel's shape, (in,) for a 2-D "
-      f"kernel, or (out,) for a conv kernel); gate it with a GateSpec instead")
+      f"kernel, (out,) for a conv kernel, or those after the stack axes of stacked "
+      f"layers); gate it with a GateSpec instead")
 
 
 def _layer_dicts(params) -> Dict[Tuple[str, ...], Mapping[str, Any]]:
@@ -206,8 +217,11 @@ def layer_specs(params) -> Tuple[Tuple[gating.GateSpec, ...], Dict[str, Any]]:
     name = "/".join(path)
     layer = _classify(name, node)
     kernel = f"{name}/kernel" if name else "kernel"
-    axis = {UNSTRUCTURED: None, INPUTS: 0, OUTPUTS: -1}[layer.kind]
-    shared = {"bias": -1} if layer.kind == OUTPUTS and "bias" in node else {}
+    stack = tuple(range(jnp.ndim(node["log_alpha"]) - 1))
+    axis = {UNSTRUCTURED: None, INPUTS: stack + (len(stack),),
+            OUTPUTS: stack + (-1,)}[layer.kind]
+    shared = ({"bias": stack + (-1,)} if layer.kind == OUTPUTS and "bias" in node
+              else {})
     specs.append(gating.GateSpec(re.escape(kernel), axis, shared))
     log_alphas[kernel] = node["log_alpha"]
   return tuple(specs), log_alphas
@@ -418,9 +432,11 @@ def _cascade_active(layers, order, gate_kw):
   info = []
   for name in names:
     layer = layers[name]
-    if layer.kind == OTHER or len(layer.kernel_shape) < 2:
-      raise ValueError(f"cascade densities need l0jax layers (input, channel or "
-                       f"unstructured gates of a (..., in, out) kernel); {name!r} has "
+    stacked = layer.kind != UNSTRUCTURED and jnp.ndim(layer.log_alpha) > 1
+    if layer.kind == OTHER or len(layer.kernel_shape) < 2 or stacked:
+      raise ValueError(f"cascade densities need a chain of single l0jax layers "
+                       f"(input, channel or unstructured gates of a (..., in, out) "
+                       f"kernel); {name!r} has {'stacked ' if stacked else ''}"
                        f"{layer.kind!r} gates: use layer_macs with a Linear graph")
     k_shape = layer.kernel_shape
     n_in, n_out = k_shape[-2], k_shape[-1]

@@ -403,6 +403,19 @@ def _unwrap(params) -> Mapping[str, Any]:
   return params
 
 
+def _with_log_alphas(params, log_alphas: Optional[Mapping[str, Any]]):
+  """``params`` with each named layer's ``log_alpha`` replaced (or added)."""
+  params = _unwrap(params)
+  if log_alphas is None:
+    return params
+  unknown = sorted(set(log_alphas) - set(params))
+  if unknown:
+    raise ValueError(f"log_alphas name layers {unknown} that params do not have; "
+                     f"params layers: {sorted(params)}")
+  return {name: dict(layer, log_alpha=log_alphas[name]) if name in log_alphas
+          else layer for name, layer in params.items()}
+
+
 def _gate_kwargs(model) -> Dict[str, Any]:
   return dict(clamp=getattr(model, "log_alpha_clamp", None))
 
@@ -533,7 +546,8 @@ def _analyse(model, params, test_gate: Optional[str]):
   return ops, layers
 
 
-def purge(model: nn.Module, params, test_gate: Optional[str] = None
+def purge(model: nn.Module, params, test_gate: Optional[str] = None, *,
+          log_alphas: Optional[Mapping[str, Any]] = None
           ) -> Tuple[PurgedModel, Dict[str, Dict[str, jax.Array]]]:
   """Builds the compact plain model equal to ``model`` at test time.
 
@@ -543,13 +557,15 @@ def purge(model: nn.Module, params, test_gate: Optional[str] = None
     params: its parameters (or a ``{"params": ...}`` variables dict).
     test_gate: ``"median"`` or ``"eq13"``; defaults to ``model.test_gate``, so the
       result equals ``model.apply(variables, x, deterministic=True)``.
+    log_alphas: ``{layer name: log_alpha}`` for gates kept outside the params (e.g.
+      produced by a generator network); they take the place of the params' own.
 
   Returns:
     ``(purged_model, purged_params)`` with
     ``purged_model.apply({"params": purged_params}, x)`` equal to the gated model's
     test-time output (up to float rounding). Not jittable: shapes depend on the gates.
   """
-  ops, layers = _analyse(model, params, test_gate)
+  ops, layers = _analyse(model, _with_log_alphas(params, log_alphas), test_gate)
   by_name = {layer.op.name: layer for layer in layers}
   new_ops: List[Op] = []
   new_params: Dict[str, Dict[str, jax.Array]] = {}
@@ -670,7 +686,8 @@ def _propagate(ops: Sequence[Op], input_shape, in_widths=None):
   return positions, shape
 
 
-def macs_graph(model: nn.Module, params, input_shape: Sequence[int]
+def macs_graph(model: nn.Module, params, input_shape: Sequence[int], *,
+               log_alphas: Optional[Mapping[str, Any]] = None
                ) -> Dict[str, density.Linear]:
   """The :class:`l0jax.density.Linear` graph of a registered chain model's MACs.
 
@@ -679,8 +696,9 @@ def macs_graph(model: nn.Module, params, input_shape: Sequence[int]
   (kernel size times output positions), its inputs kept by its own input gates and by
   the previous layer's channel gates, its outputs by its own channel gates
   (unstructured gates as weight gates). A layer without gates is always on.
+  ``log_alphas`` as in :func:`purge`.
   """
-  params = _unwrap(params)
+  params = _with_log_alphas(params, log_alphas)
   ops = architecture_ops(model)
   check_ops(ops, params, input_shape=input_shape)
   positions = _output_positions(ops, input_shape)
@@ -701,11 +719,12 @@ def macs_graph(model: nn.Module, params, input_shape: Sequence[int]
 
 
 def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = None,
-           test_gate: Optional[str] = None) -> Dict[str, Any]:
+           test_gate: Optional[str] = None,
+           log_alphas: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Parameters and per-example multiply-accumulates: dense, test-time and purged.
 
   Args:
-    model, params, test_gate: as in :func:`purge`.
+    model, params, test_gate, log_alphas: as in :func:`purge`.
     input_shape: one example's input shape, e.g. ``(28, 28, 1)``; needed for
       convolutions (MACs of a conv are ``out_h * out_w * kh * kw * cin * cout``).
 
@@ -727,7 +746,7 @@ def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = N
       ``"198-233-100"`` for the 784-300-100 MLP, ``"20-50-800-500"`` for LeNet-5);
     * ``layers``: the same numbers per layer.
   """
-  ops, layers = _analyse(model, params, test_gate)
+  ops, layers = _analyse(model, _with_log_alphas(params, log_alphas), test_gate)
   positions = _output_positions(ops, input_shape)
   total = dict.fromkeys(
       ["dense_params", "dense_macs", "dense_sparsifiable", "test_time_params",

@@ -357,3 +357,29 @@ def test_layer_specs_bridge_matches_the_layers_gating():
       l.num_sparsifiable for l in by_specs.values()]
   np.testing.assert_allclose(density.expected_density(by_specs),
                              density.expected_density(params), rtol=1e-6)
+
+
+def test_stacked_layers_in_the_layer_convention():
+  """nn.scan stacks: (L, in) gates on (L, in, out) kernels, (L, out) on conv stacks."""
+  la = jnp.array([[2.0, -1.0, 0.5], [-3.0, 1.0, 4.0]])
+  dense = {"kernel": jnp.ones((2, 3, 5)), "log_alpha": la}
+  conv = {"kernel": jnp.ones((2, 3, 3, 4, 3)), "bias": jnp.ones((2, 3)), "log_alpha": la}
+  layers = density.gated_layers({"dense": dense, "conv": conv})
+  assert (layers["dense"].kind, layers["dense"].group_size) == (density.INPUTS, 5)
+  assert (layers["conv"].kind, layers["conv"].group_size) == (density.OUTPUTS, 37)
+  p = np.vectorize(p_open)(np.asarray(la))
+  got = density.layer_expected_densities(layers)
+  np.testing.assert_allclose(got["dense"], p.mean(), rtol=1e-6)
+  np.testing.assert_allclose(got["conv"], p.mean(), rtol=1e-6)
+  # The bridge to the path API gates the same slices.
+  from l0jax import gating
+  specs, log_alphas = density.layer_specs({"dense": dense, "conv": conv})
+  gated = gating.apply_gates({"dense": dense, "conv": conv}, log_alphas, specs,
+                             deterministic=True)
+  z = np.vectorize(median_gate)(np.asarray(la))
+  np.testing.assert_allclose(gated["dense"]["kernel"], np.broadcast_to(
+      z[:, :, None], (2, 3, 5)), rtol=1e-6)
+  np.testing.assert_allclose(gated["conv"]["bias"], z, rtol=1e-6)
+  np.testing.assert_allclose(gated["conv"]["kernel"][:, 1, 2, 0], z, rtol=1e-6)
+  with pytest.raises(ValueError, match="stacked"):
+    density.cascade_expected_density({"dense": dense})

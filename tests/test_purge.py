@@ -469,3 +469,18 @@ def test_macs_graph_of_lenet_counts_upstream_channels_by_hand():
     np.testing.assert_allclose(got[name], value, rtol=1e-6, err_msg=name)
   dense = sum(op.macs for op in graph.values())
   assert dense == purge.counts(SMALL_LENET, params, input_shape=(28, 28, 1))["dense_macs"]
+
+
+def test_gates_kept_outside_the_params_purge_like_stored_ones():
+  """Dep-L0 style: log_alphas from elsewhere give what the same gates in params give."""
+  params = _mixed(_init(SMALL_MLP, X28), seed=11)
+  outside = {n: l["log_alpha"] for n, l in params.items()}
+  bare = {n: {k: v for k, v in l.items() if k != "log_alpha"} for n, l in params.items()}
+  small, small_params = purge.purge(SMALL_MLP, params)
+  small2, small_params2 = purge.purge(SMALL_MLP, bare, log_alphas=outside)
+  assert small2.ops == small.ops
+  jax.tree.map(np.testing.assert_array_equal, small_params2, small_params)
+  assert purge.counts(SMALL_MLP, bare, log_alphas=outside) == purge.counts(
+      SMALL_MLP, params)
+  with pytest.raises(ValueError, match="'fc9'"):
+    purge.purge(SMALL_MLP, bare, log_alphas={"fc9": outside["fc1"]})
