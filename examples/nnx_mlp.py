@@ -15,7 +15,6 @@ class depends on 4 of the inputs, the others are noise, so most inputs can go.
 import argparse
 
 from flax import nnx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -243,16 +243,16 @@ def _hard_concrete_fast_grad(u, log_alpha, beta, gamma, zeta):
 def _fast_grad_jvp(beta, gamma, zeta, primals, tangents):
   # Inside the clip, s = (z - gamma) / (zeta - gamma) and
   # dz/dlog_alpha = (zeta - gamma) * s * (1 - s) / beta; outside it the gate is
-  # constant. The slope is computed from the output z. "Inside" is written as "not at
-  # either end" so that a NaN gate (every comparison False) counts as inside and keeps
+  # constant. The slope is computed from the output z. The test is "at either end"
+  # (not "inside"), so that a NaN gate, for which every comparison is False, keeps
   # its NaN slope: NaN is never turned into a zero gradient. Forward mode (jax.jvp,
   # jacfwd) uses this rule as it is; reverse mode transposes it (_broadcast_tangent).
   u, log_alpha = primals
   du, dla = tangents
   z = _hard_concrete_formula(u, log_alpha, beta, gamma, zeta)
   s = (z - gamma) / (zeta - gamma)
-  inside = ~((z <= 0) | (z >= 1))
-  slope = jnp.where(inside, (zeta - gamma) / beta * s * (1 - s), 0.0)
+  clipped = (z <= 0) | (z >= 1)
+  slope = jnp.where(clipped, 0.0, (zeta - gamma) / beta * s * (1 - s))
   t = None
   if not isinstance(dla, SymbolicZero):
     t = _broadcast_tangent(dla, z.shape)

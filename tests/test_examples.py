@@ -5,7 +5,6 @@ import pathlib
 
 import jax
 import numpy as np
-import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
