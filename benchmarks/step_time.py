@@ -285,6 +285,33 @@ def noise_table(batch_size: int, repeats: int):
     print(f"  {name:40} {value:6.2f} ms")
 
 
+def gate_modes_table(repeats: int, batch: int = 64, shape=(512, 256)):
+  """An L0Dense layer's forward + backward in each gate mode: per-example unstructured
+  gates need one sample per weight per example (the cost ``l0jax.layers`` warns of)."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, shape[0])), jnp.float32)
+  runners = {}
+  for unstructured in (False, True):
+    for per_example in (False, True):
+      layer = layers.L0Dense(shape[1], unstructured=unstructured,
+                             sample_per_example=per_example)
+      params = layer.init({"params": jax.random.key(0)}, x, deterministic=True)
+
+      def loss(p, key, layer=layer):
+        return jnp.sum(layer.apply(p, x, rngs={"gates": key}, deterministic=False) ** 2)
+      label = (("unstructured" if unstructured else "input units") + ", "
+               + ("per example" if per_example else "per batch"))
+      runners[label] = function_runner(jax.grad(loss), params, jax.random.key(1))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ms = time_round_robin(runners, {k: 5 for k in runners}, repeats)
+  print(f"\nL0Dense {shape[0]}->{shape[1]}, batch {batch}, forward + backward by gate "
+        "mode")
+  for name, value in ms.items():
+    print(f"  {name:32} {value:9.2f} ms")
+
+
 def pipeline_examples_per_sec(batch_size: int, steps: int = 600) -> float:
   rng = np.random.default_rng(0)
   source = data.ArraySource(
@@ -398,6 +425,7 @@ def main():
     if "lenet5" in models:
       op_table(args.batch_size, args.repeats)
     noise_table(args.batch_size, args.repeats)
+    gate_modes_table(args.repeats)
   print()
   for model in models:
     if model in CNNS:

@@ -56,7 +56,7 @@ def get_config():
   config.penalty = 0.0                    # penalized: loss + penalty * expected density (per constraint)
   config.formulation = "lagrangian"       # "lagrangian" | "augmented_lagrangian"
   config.penalty_coefficient = 0.0        # augmented Lagrangian c > 0
-  config.scheme = "simultaneous"          # "simultaneous" | "alternating" | "extragradient"
+  config.scheme = "simultaneous"          # "simultaneous" | "dual_primal" | "primal_dual" | "extragradient"
   config.dual_restarts = True
 
   # Optimisers --------------------------------------------------------------------------

@@ -6,57 +6,73 @@ vector of constraint values ``g(x)`` and their targets, and solves
     min_x f(x)  s.t.  g_k(x) - target_k <= 0  (kind "ineq")  or  g_k(x) = target_k  ("eq")
 
 by gradient descent on ``x`` and projected gradient ascent on the multipliers ``lambda``.
+The updates are those of Cooper (Gallego-Posada et al., the PyTorch library for
+constrained optimisation): its simultaneous, alternating (dual-primal and primal-dual)
+and extrapolation optimizers, (augmented) Lagrangian formulations, proxy constraints and
+nuPI, written as pure functions (``tests/test_constrained.py`` derives each update by
+hand and checks them step by step in float64).
 
 Example (minimise ``(x - 2)^2`` subject to ``x <= 1``; the KKT point is x = 1, lambda = 2)::
 
     import jax, jax.numpy as jnp, optax
     from l0jax import constrained
 
-    problem = constrained.Problem(targets=(1.0,), kinds=("ineq",))
-    primal, dual = optax.sgd(0.05), constrained.dual_optimizer(problem, optax.sgd(0.05))
-    fn = lambda x: ((x - 2.0) ** 2, jnp.stack([x]), None)  # objective, constraints, aux
+    problem = constrained.Problem(targets={"x_max": 1.0})
+    primal, dual = optax.sgd(0.05), constrained.dual_optimizer(problem, optax.sgd(0.05),
+                                                                restarts=False)
+    fn = lambda x: ((x - 2.0) ** 2, {"x_max": x}, None)   # objective, constraints, aux
     step = jax.jit(constrained.make_update(problem, primal, dual), static_argnums=0)
-    x, opt_state, cstate = jnp.float32(0.0), primal.init(0.0), constrained.init(problem, dual)
+    x = jnp.float32(0.0)
+    opt_state, cstate = primal.init(x), constrained.init(problem, dual)
     for _ in range(1000):
       x, opt_state, cstate, metrics = step(fn, x, opt_state, cstate)
-    print(x, cstate.multipliers)  # ~1.0 [~2.0]
+    print(x, problem.named(cstate.multipliers))  # ~1.0 {'x_max': ~2.0}
 
 Pieces, optax-style (pure functions, NamedTuple states, static configuration outside state):
 
-- ``Problem``: the frozen, hashable specification (targets, kinds, formulation).
-- ``dual_optimizer``: wraps any optax transformation into an *ascent* step on the multipliers
-  with projection onto ``lambda >= 0`` for inequalities and dual restarts. ``nupi`` is a PI
-  controller usable as the inner transformation.
+- ``Problem``: the frozen, hashable specification (targets, kinds, formulation, names).
+  Constraint values and targets are vectors in ``problem.names`` order, or mappings
+  ``{name: value}`` wherever a vector is accepted. Targets given to a step
+  (``targets=``) replace the problem's for that step: schedules, run-time changes.
+- ``Proxy(proxy, value)``: a constraint measured twice, a differentiable surrogate for
+  the primal gradient and the true (possibly non-differentiable) value for the
+  multipliers (Cotter et al., 2019).
+- ``dual_optimizer``: wraps any optax transformation into an *ascent* step on the
+  multipliers with projection onto ``lambda >= 0`` for inequalities and dual restarts.
+  ``nupi`` is a PI controller usable as the inner transformation.
 - ``init`` / ``dual_step`` / ``lagrangian``: the multiplier state and its update.
-- ``make_update``: one primal-dual step for the schemes "simultaneous", "alternating" and
-  "extragradient".
+- ``make_update``: one primal-dual step for the ``SCHEMES``.
 - ``primal_optimizer`` / ``param_labels``: separate optimizers for weights, gates and the
-  gate generator via ``optax.partition``.
-- ``bisect_penalty``: geometric bisection of a fixed penalty to hit a target density.
+  gate generator (from :mod:`l0jax.param_groups`, re-exported here).
+
+Dtypes follow the inputs: multipliers take ``init``'s ``dtype`` (JAX's default float,
+float64 under ``jax_enable_x64``, unless given), violations the constraint values'
+dtype (at least float32).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from l0jax.param_groups import param_labels, primal_optimizer
+
 __all__ = [
-    "BisectionResult",
     "ConstrainedState",
     "DualTransformation",
     "FORMULATIONS",
     "KINDS",
+    "NUPI_INITS",
     "NuPIState",
     "Problem",
+    "Proxy",
     "SCHEMES",
-    "bisect_penalty",
     "constraint_weights",
     "dual_optimizer",
     "dual_step",
@@ -71,7 +87,8 @@ __all__ = [
 
 KINDS = ("ineq", "eq")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian", "penalized")
-SCHEMES = ("simultaneous", "alternating", "extragradient")
+SCHEMES = ("simultaneous", "dual_primal", "primal_dual", "extragradient")
+NUPI_INITS = ("zeros", "sgd")
 
 PyTree = Any
 
@@ -86,25 +103,36 @@ class Problem:
   """Static, hashable description of the constraints ``g_k(x) - target_k (<= | =) 0``.
 
   Attributes:
-    targets: one float per constraint (a single float means one constraint).
+    targets: one float per constraint (a single float means one constraint), or a
+      mapping ``{name: target}`` for named constraints (the mapping's order is the
+      constraints' order). These are the defaults; a step may be given other targets
+      at run time (see ``make_update``).
     kinds: ``"ineq"`` (``g_k - target_k <= 0``, multiplier ``lambda_k >= 0``) or ``"eq"``
-      (``g_k = target_k``, multiplier of any sign), one per constraint. ``None`` means all
+      (``g_k = target_k``, multiplier of any sign), one per constraint, or a mapping
+      ``{name: kind}`` (missing names are inequalities). ``None`` means all
       inequalities; a single string applies to every constraint.
     formulation: ``"lagrangian"`` (``L = f + sum_k lambda_k v_k`` with ``v = g - target``),
       ``"augmented_lagrangian"`` (adds the quadratic penalty of ``penalty_coefficient``, see
       ``lagrangian``) or ``"penalized"`` (fixed ``lambda``, the dual step does nothing).
     penalty_coefficient: ``c > 0`` of the augmented Lagrangian; must be ``None`` otherwise.
+    names: the constraints' names (set from a ``targets`` mapping), or ``None``.
 
   Being a frozen dataclass of tuples it can be closed over or passed as a static argument
   to ``jax.jit``; it never enters a state pytree.
   """
-  targets: Sequence[float]
-  kinds: Union[None, str, Sequence[str]] = None
+  targets: Union[Sequence[float], Mapping[str, float]]
+  kinds: Union[None, str, Sequence[str], Mapping[str, str]] = None
   formulation: str = "lagrangian"
   penalty_coefficient: Optional[float] = None
+  names: Optional[Sequence[str]] = None
 
   def __post_init__(self):
-    targets = self.targets
+    targets, names = self.targets, self.names
+    if isinstance(targets, Mapping):
+      if names is not None and tuple(names) != tuple(targets):
+        raise ValueError(f"names {tuple(names)} differ from the targets' keys "
+                         f"{tuple(targets)}")
+      names, targets = tuple(str(k) for k in targets), tuple(targets.values())
     if np.ndim(targets) == 0:
       targets = (targets,)
     try:
@@ -113,8 +141,18 @@ class Problem:
       raise ValueError(f"targets must be a sequence of floats, got {self.targets!r}") from e
     if not all(math.isfinite(t) for t in targets):
       raise ValueError(f"targets must be finite, got {targets}")
+    if names is not None:
+      names = tuple(str(n) for n in names)
+      if len(names) != len(targets) or len(set(names)) != len(names):
+        raise ValueError(f"names must be {len(targets)} distinct strings, got {names}")
     kinds = self.kinds
-    if kinds is None:
+    if isinstance(kinds, Mapping):
+      unknown = set(kinds) - set(names or ())
+      if unknown:
+        raise ValueError(f"kinds names unknown constraints {sorted(unknown)}; the "
+                         f"constraints are {names}")
+      kinds = tuple(kinds.get(n, "ineq") for n in names)
+    elif kinds is None:
       kinds = ("ineq",) * len(targets)
     elif isinstance(kinds, str):
       kinds = (kinds,) * len(targets)
@@ -141,6 +179,7 @@ class Problem:
           f"penalty_coefficient={c!r} is only used by formulation='augmented_lagrangian', "
           f"not {self.formulation!r}")
     object.__setattr__(self, "targets", targets)
+    object.__setattr__(self, "names", names)
     object.__setattr__(self, "kinds", kinds)
     object.__setattr__(self, "penalty_coefficient", c)
 
@@ -153,18 +192,42 @@ class Problem:
     """Static boolean mask, True where the constraint is an inequality."""
     return np.array([k == "ineq" for k in self.kinds], dtype=bool)
 
+  def named(self, vector) -> dict:
+    """``{name: entry}`` of a vector in constraint order (indices as names if unnamed)."""
+    names = self.names or tuple(str(i) for i in range(self.num_constraints))
+    vector = _as_vector(vector, self, "vector")
+    return {name: vector[i] for i, name in enumerate(names)}
+
+
+class Proxy(NamedTuple):
+  """A constraint measured twice (Cotter et al., 2019; Cooper's ``strict_violation``).
+
+  ``proxy``: a differentiable surrogate; the primal gradient of the Lagrangian uses it.
+  ``value``: the true value, possibly non-differentiable (a count, an accuracy, a
+  measured latency); the multipliers ascend on it and it is what ``metrics`` report.
+  Use it for one entry of a constraint mapping (``{"gap": Proxy(smooth, hard)}``) or for
+  the whole vector (``Proxy(proxy_vector, value_vector)``).
+  """
+  proxy: Any
+  value: Any
+
 
 class ConstrainedState(NamedTuple):
-  """Multipliers (float32, shape ``(num_constraints,)``) and the dual optimizer's state."""
+  """Multipliers (shape ``(num_constraints,)``) and the dual optimizer's state."""
   multipliers: jax.Array
   dual_state: optax.OptState
 
 
-def _targets(problem: Problem) -> jax.Array:
-  return jnp.asarray(problem.targets, jnp.float32)
-
-
 def _as_vector(values, problem: Problem, what: str) -> jax.Array:
+  if isinstance(values, Mapping):
+    if problem.names is None:
+      raise ValueError(f"{what} is a mapping, but the problem's constraints have no "
+                       "names (give Problem a targets mapping)")
+    if set(values) != set(problem.names):
+      raise ValueError(f"{what} has keys {sorted(values)}; the constraints are "
+                       f"{list(problem.names)}")
+    values = jnp.stack([jnp.asarray(values[n]).reshape(()) for n in problem.names]
+                       ) if problem.names else jnp.zeros((0,))
   values = jnp.asarray(values)
   if values.size != problem.num_constraints or values.ndim > 1:
     raise ValueError(
@@ -172,16 +235,38 @@ def _as_vector(values, problem: Problem, what: str) -> jax.Array:
   return values.reshape((problem.num_constraints,))
 
 
-def violations(constraint_values, problem: Problem) -> jax.Array:
-  """``v_k = g_k - target_k`` in float32; ``v_k > 0`` means constraint ``k`` is violated.
+def _split_proxies(values, problem: Problem):
+  """``(proxy vector, value vector)`` of what ``fn`` returned as constraint values."""
+  if isinstance(values, Proxy):
+    return (_as_vector(values.proxy, problem, "proxy constraint values"),
+            _as_vector(values.value, problem, "constraint values"))
+  if isinstance(values, Mapping):
+    proxies = {k: v.proxy if isinstance(v, Proxy) else v for k, v in values.items()}
+    true = {k: v.value if isinstance(v, Proxy) else v for k, v in values.items()}
+    return (_as_vector(proxies, problem, "proxy constraint values"),
+            _as_vector(true, problem, "constraint values"))
+  vector = _as_vector(values, problem, "constraint_values")
+  return vector, vector
 
-  ``v`` is also the gradient of the (plain) Lagrangian with respect to ``lambda``.
+
+def _float(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def violations(constraint_values, problem: Problem, targets=None) -> jax.Array:
+  """``v_k = g_k - target_k``; ``v_k > 0`` means constraint ``k`` is violated.
+
+  ``targets``: this step's targets (vector or mapping), default ``problem.targets``.
+  ``v`` has the dtype of ``g`` (at least float32) and is the gradient of the (plain)
+  Lagrangian with respect to ``lambda``.
   """
-  g = _as_vector(constraint_values, problem, "constraint_values")
-  return g.astype(jnp.float32) - _targets(problem)
+  g = _float(_as_vector(constraint_values, problem, "constraint_values"))
+  t = problem.targets if targets is None else _as_vector(targets, problem, "targets")
+  return g - jnp.asarray(t, g.dtype)
 
 
-def lagrangian(objective, constraint_values, multipliers, problem: Problem) -> jax.Array:
+def lagrangian(objective, constraint_values, multipliers, problem: Problem,
+               targets=None) -> jax.Array:
   """The scalar Lagrangian of ``problem.formulation``, with ``v = g - target``.
 
   - "lagrangian" and "penalized": ``L = f + sum_k lambda_k v_k``.
@@ -194,7 +279,7 @@ def lagrangian(objective, constraint_values, multipliers, problem: Problem) -> j
   Differentiable in all arguments; ``dL/dg = constraint_weights(...)``.
   """
   lam = _as_vector(multipliers, problem, "multipliers")
-  v = violations(constraint_values, problem)
+  v = violations(constraint_values, problem, targets)
   f = jnp.asarray(objective)
   if problem.formulation != "augmented_lagrangian":
     return f + jnp.sum(lam * v)
@@ -204,17 +289,18 @@ def lagrangian(objective, constraint_values, multipliers, problem: Problem) -> j
   return f + jnp.sum(jnp.where(problem.is_inequality, ineq_term, eq_term))
 
 
-def constraint_weights(constraint_values, multipliers, problem: Problem) -> jax.Array:
+def constraint_weights(constraint_values, multipliers, problem: Problem,
+                       targets=None) -> jax.Array:
   """``w_k = dL/dg_k``: the weight of ``grad g_k`` in the primal gradient of ``L``.
 
   ``w = lambda`` for "lagrangian"/"penalized"; for "augmented_lagrangian"
   ``w_k = lambda_k + c v_k`` (equality) and ``w_k = max(0, lambda_k + c v_k)`` (inequality).
   The primal gradient is ``grad f + sum_k w_k grad g_k``.
   """
-  lam = _as_vector(multipliers, problem, "multipliers").astype(jnp.float32)
+  lam = _as_vector(multipliers, problem, "multipliers")
   if problem.formulation != "augmented_lagrangian":
     return lam
-  v = violations(constraint_values, problem)
+  v = violations(constraint_values, problem, targets)
   shifted = lam + problem.penalty_coefficient * v
   return jnp.where(problem.is_inequality, jnp.maximum(0.0, shifted), shifted)
 
@@ -225,49 +311,70 @@ def constraint_weights(constraint_values, multipliers, problem: Problem) -> jax.
 
 
 class NuPIState(NamedTuple):
-  """State of ``nupi``: step count and the previous smoothed error ``xi_{t-1}``."""
+  """State of ``nupi``: step count, the smoothed error ``xi_{t-1}`` and, per entry,
+  whether the controller has taken its first step."""
   count: jax.Array
   xi: PyTree
+  started: PyTree
 
 
 def nupi(learning_rate: optax.ScalarOrSchedule, kp: float = 0.0, ki: float = 1.0,
-         ema_nu: float = 0.0) -> optax.GradientTransformation:
-  """nuPI: a PI controller as a (descent-convention) optax transformation.
+         ema_nu: float = 0.0, init: str = "zeros") -> optax.GradientTransformation:
+  """nuPI (Sohrabi et al., 2024): a PI controller as a (descent-convention) optax
+  transformation.
 
   With incoming gradient ``e_t`` (``dual_optimizer`` feeds ``e_t = -v_t`` to ascend):
 
-      xi_t = ema_nu * xi_{t-1} + (1 - ema_nu) * e_t,       xi_{-1} = 0
+      xi_t = ema_nu * xi_{t-1} + (1 - ema_nu) * e_t
       u_t  = -lr_t * (ki * e_t + kp * (xi_t - xi_{t-1}))
 
-  so that, without projection and with a constant ``lr``, the iterate is the positional PI
-  law ``theta_t = theta_0 - lr * (ki * sum_{s<t} e_s + kp * xi_{t-1})``. For multipliers this
-  reads ``lambda_{t+1} = lambda_t + lr * (kp * (v_t - v_{t-1}) + ki * v_t)`` (``ema_nu = 0``).
-  The defaults ``kp = 0, ki = 1`` give exactly ``optax.sgd(lr)``. A dual restart resets
-  ``xi`` of the restarted entries to 0, i.e. to a fresh controller.
+  ``init`` sets the first step, per entry (and again after a dual restart):
+
+  * ``"zeros"``: ``xi_{-1} = 0``; the first step is ``-lr (ki + kp (1 - ema_nu)) e_0``.
+    Without projection and with a constant ``lr`` the iterate is the positional PI law
+    ``theta_t = theta_0 - lr * (ki * sum_{s<t} e_s + kp * xi_{t-1})``.
+  * ``"sgd"`` (Cooper's default): the first step is plain SGD, ``-lr ki e_0``, and the
+    controller starts from ``xi_0 = 0`` (``e_0`` enters the integral term only), as
+    Cooper 1.0.1's nuPI does for dense multipliers.
+
+  For multipliers (``ema_nu = 0``, "zeros") this reads
+  ``lambda_{t+1} = lambda_t + lr * (kp * (v_t - v_{t-1}) + ki * v_t)``. The defaults
+  ``kp = 0, ki = 1`` give exactly ``optax.sgd(lr)`` with either ``init``.
 
   Args:
     learning_rate: scalar or schedule ``count -> lr``.
     kp: proportional gain (>= 0).
     ki: integral gain (>= 0).
     ema_nu: smoothing of the proportional term, in ``[0, 1)``.
+    init: ``"zeros"`` or ``"sgd"``, see above.
   """
   if not 0.0 <= float(ema_nu) < 1.0:
     raise ValueError(f"ema_nu must be in [0, 1), got {ema_nu}")
   if float(kp) < 0 or float(ki) < 0:
     raise ValueError(f"gains must be >= 0, got kp={kp}, ki={ki}")
+  if init not in NUPI_INITS:
+    raise ValueError(f"nupi init must be one of {NUPI_INITS}, got {init!r}")
 
   def init_fn(params):
-    return NuPIState(count=jnp.zeros([], jnp.int32),
-                     xi=jax.tree.map(jnp.zeros_like, params))
+    return NuPIState(
+        count=jnp.zeros([], jnp.int32), xi=jax.tree.map(jnp.zeros_like, params),
+        started=jax.tree.map(lambda p: jnp.full(jnp.shape(p), init == "zeros"),
+                             params))
 
   def update_fn(updates, state, params=None):
     del params
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    xi = jax.tree.map(lambda p, e: ema_nu * p + (1.0 - ema_nu) * e, state.xi, updates)
+
+    xi = jax.tree.map(
+        lambda e, prev, started: jnp.where(
+            started, ema_nu * prev + (1.0 - ema_nu) * e, 0.0).astype(prev.dtype),
+        updates, state.xi, state.started)
     new_updates = jax.tree.map(
-        lambda e, x, p: ((-lr) * (ki * e + kp * (x - p))).astype(e.dtype),
-        updates, xi, state.xi)
-    return new_updates, NuPIState(count=state.count + 1, xi=xi)
+        lambda e, x, prev, started: ((-lr) * (
+            ki * e + kp * jnp.where(started, x - prev, 0.0))).astype(e.dtype),
+        updates, xi, state.xi, state.started)
+    started = jax.tree.map(jnp.ones_like, state.started)
+    return new_updates, NuPIState(count=state.count + 1, xi=xi, started=started)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -317,7 +424,7 @@ def dual_optimizer(problem: Problem,
   Equality multipliers are never restarted nor projected. Restarts suit noisy training where
   a satisfied constraint should stop pulling; with exact gradients the iterates oscillate
   around an *active* constraint and every dip to ``v < 0`` zeroes its multiplier, so switch
-  them off to converge to an active KKT point to high precision.
+  them off to converge to an active KKT point to high precision (Cooper has no restarts).
 
   Args:
     problem: the ``Problem``.
@@ -344,7 +451,7 @@ def dual_optimizer(problem: Problem,
   shape = (problem.num_constraints,)
 
   def init_fn(multipliers):
-    return inner.init(_as_vector(multipliers, problem, "multipliers").astype(jnp.float32))
+    return inner.init(_as_vector(multipliers, problem, "multipliers"))
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -376,18 +483,26 @@ def _as_dual(problem: Problem, dual) -> DualTransformation:
   return dual_optimizer(problem, dual)
 
 
-def init(problem: Problem, dual=None, init_multipliers=None) -> ConstrainedState:
+def init(problem: Problem, dual=None, init_multipliers=None,
+         dtype=None) -> ConstrainedState:
   """Initial ``ConstrainedState``: multipliers ``lambda_0`` (zeros by default) and dual state.
 
   ``dual`` is a ``dual_optimizer(...)`` (anything else is wrapped with
   ``dual_optimizer(problem, dual)``, restarts on). For "penalized" the given multipliers are
-  the fixed penalty weights. A negative initial multiplier of an inequality is an error.
+  the fixed penalty weights (a vector or a ``{name: value}`` mapping). ``dtype``: the
+  multipliers' dtype; default that of ``init_multipliers`` when it is a floating array,
+  else JAX's default float (float64 under ``jax_enable_x64``). A negative initial
+  multiplier of an inequality is an error.
   """
   n = problem.num_constraints
+  if dtype is None:
+    given = getattr(init_multipliers, "dtype", None)
+    dtype = (given if given is not None and jnp.issubdtype(given, jnp.floating)
+             else jnp.result_type(float))
   if init_multipliers is None:
-    lam = jnp.zeros((n,), jnp.float32)
+    lam = jnp.zeros((n,), dtype)
   else:
-    lam = _as_vector(init_multipliers, problem, "init_multipliers").astype(jnp.float32)
+    lam = _as_vector(init_multipliers, problem, "init_multipliers").astype(dtype)
     try:
       concrete = np.asarray(lam)
     except jax.errors.TracerArrayConversionError:
@@ -402,14 +517,14 @@ def init(problem: Problem, dual=None, init_multipliers=None) -> ConstrainedState
 
 
 def dual_step(state: ConstrainedState, constraint_values, problem: Problem,
-              dual=None) -> ConstrainedState:
+              dual=None, targets=None) -> ConstrainedState:
   """One multiplier step from constraint values ``g``: ascent on ``v = g - target``.
 
   ``lambda' = proj(lambda + inner_step(v))`` with dual restarts, see ``dual_optimizer``;
-  for "penalized" the state is returned unchanged.
+  for "penalized" the state is returned unchanged. ``targets`` as in ``violations``.
   """
   dual = _as_dual(problem, dual)
-  v = violations(constraint_values, problem)
+  v = violations(constraint_values, problem, targets)
   updates, dual_state = dual.update(v, state.dual_state, state.multipliers)
   multipliers = optax.apply_updates(state.multipliers, updates)
   return ConstrainedState(multipliers=multipliers, dual_state=dual_state)
@@ -427,35 +542,47 @@ def _identity(tree):
 def make_update(problem: Problem, primal_tx: optax.GradientTransformation, dual_tx=None,
                 scheme: str = "simultaneous", *,
                 grad_reduce: Callable[[PyTree], PyTree] = _identity) -> Callable:
-  """A pure primal-dual step ``step(fn, params, opt_state, cstate, *args)``.
+  """A pure primal-dual step ``step(fn, params, opt_state, cstate, *args, targets=None)``.
 
   ``fn(params, *args) -> (objective, constraint_values, aux)`` with a scalar objective and
-  ``constraint_values`` of shape ``(num_constraints,)``. The primal gradient of the
-  Lagrangian is ``grad f + sum_k w_k grad g_k`` with ``w = constraint_weights(g, lambda)``,
-  taken with one ``jax.vjp`` (one forward and one backward pass of ``fn``). Schemes:
+  constraint values as a vector of shape ``(num_constraints,)``, a ``{name: value}``
+  mapping, with ``Proxy(proxy, value)`` for the whole vector or for single entries. The
+  primal gradient of the Lagrangian is ``grad f + sum_k w_k grad p_k`` with ``p`` the
+  proxies (the values themselves where there is no proxy) and ``w =
+  constraint_weights(p, lambda)``, taken with one ``jax.vjp`` (one forward and one
+  backward pass of ``fn``); the dual step ascends on the true values. ``targets``: this
+  step's targets (a vector or mapping, e.g. ``schedule(step)``), default
+  ``problem.targets``. Schemes, with ``P`` the primal and ``D`` the dual update:
 
-  - "simultaneous" (GDA): ``x' = x - P(grad_x L(x, lambda))``, ``lambda' = D(g(x))``.
-  - "alternating": ``lambda' = D(g(x))`` first, then ``x' = x - P(grad_x L(x, lambda'))``,
-    re-using the same evaluation of ``fn`` (no extra forward pass).
+  - "simultaneous" (GDA): ``x' = P(x, grad_x L(x, lambda))``, ``lambda' = D(lambda, g(x))``.
+  - "dual_primal": ``lambda' = D(lambda, g(x))`` first, then
+    ``x' = P(x, grad_x L(x, lambda'))``, re-using the evaluation of ``fn`` at ``x``
+    (Cooper's ``AlternatingDualPrimalOptimizer``).
+  - "primal_dual": ``x' = P(x, grad_x L(x, lambda))`` first, then
+    ``lambda' = D(lambda, g(x'))``: a second forward pass at ``x'`` (the objective is
+    not needed; under ``jit`` XLA drops it). Cooper's ``AlternatingPrimalDualOptimizer``,
+    the order it uses for the augmented Lagrangian.
   - "extragradient": extrapolate ``(x~, lambda~)`` by one primal and dual step from
     ``(x, lambda)``, evaluate ``fn`` again at ``x~`` and update ``(x, lambda)`` (with the
     original optimizer states) using the gradients at ``(x~, lambda~)``. Two evaluations.
-    For SGD this is exactly Korpelevich's method; for stateful optimizers the extrapolation's
-    state is discarded.
+    For SGD this is exactly Korpelevich's method (Cooper's extrapolation optimizer); for
+    stateful optimizers the extrapolation's state is discarded.
 
-  ``P`` is ``primal_tx``, ``D`` is ``dual_step`` with ``dual_tx`` (wrapped by
-  ``dual_optimizer`` unless it already is one).
+  ``D`` is ``dual_step`` with ``dual_tx`` (wrapped by ``dual_optimizer`` unless it
+  already is one).
 
   Under ``pmap``/``shard_map`` pass ``grad_reduce=lambda t: jax.lax.pmean(t, 'batch')``: it
-  is applied to ``(objective, constraint_values)`` before they are used (so multipliers stay
-  identical on every device) and to the primal gradients before ``primal_tx``.
+  is applied to the objective and constraint values before they are used (so multipliers
+  stay identical on every device) and to the primal gradients before ``primal_tx``.
 
   Returns ``(params, opt_state, cstate, metrics)`` where metrics is a dict of the values at
-  the evaluated point ``(x, lambda)``: "objective", "constraint_values", "violations",
-  "lagrangian", the new "multipliers" and the user's "aux" (from the first evaluation).
+  the evaluated point ``(x, lambda)``: "objective", "constraint_values" (true values),
+  "proxy_values", "violations", "lagrangian", the new "multipliers" and the user's "aux"
+  (from the first evaluation).
   """
   if scheme not in SCHEMES:
-    raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
+    hint = " ('alternating' is now 'dual_primal')" if scheme == "alternating" else ""
+    raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}{hint}")
   dual = _as_dual(problem, dual_tx)
 
   def evaluate(fn, params, args):
@@ -464,163 +591,56 @@ def make_update(problem: Problem, primal_tx: optax.GradientTransformation, dual_
       objective = jnp.asarray(objective)
       if objective.ndim != 0:
         raise ValueError(f"the objective must be a scalar, got shape {objective.shape}")
-      return (objective, _as_vector(values, problem, "constraint_values")), aux
+      proxies, true = _split_proxies(values, problem)
+      return (objective, proxies), (aux, jax.lax.stop_gradient(true))
 
-    (objective, values), vjp_fn, aux = jax.vjp(forward, params, has_aux=True)
-    objective, values = grad_reduce((objective, values))
-    return objective, values, vjp_fn, aux
+    (objective, proxies), vjp_fn, (aux, true) = jax.vjp(forward, params, has_aux=True)
+    objective, proxies, true = grad_reduce((objective, proxies, true))
+    return objective, proxies, true, vjp_fn, aux
 
-  def primal_grads(vjp_fn, objective, values, multipliers):
-    w = constraint_weights(values, multipliers, problem)
-    (grads,) = vjp_fn((jnp.ones_like(objective), w.astype(values.dtype)))
+  def primal_grads(vjp_fn, objective, proxies, multipliers, targets):
+    w = constraint_weights(proxies, multipliers, problem, targets)
+    (grads,) = vjp_fn((jnp.ones_like(objective), w.astype(proxies.dtype)))
     return grad_reduce(grads)
 
   def primal_apply(grads, opt_state, params):
     updates, opt_state = primal_tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  def step(fn, params, opt_state, cstate: ConstrainedState, *args):
-    objective, values, vjp_fn, aux = evaluate(fn, params, args)
+  def step(fn, params, opt_state, cstate: ConstrainedState, *args, targets=None):
+    objective, proxies, values, vjp_fn, aux = evaluate(fn, params, args)
     lam = cstate.multipliers
+    dual_at = lambda state, g: dual_step(state, g, problem, dual, targets)
     if scheme == "simultaneous":
-      grads = primal_grads(vjp_fn, objective, values, lam)
+      grads = primal_grads(vjp_fn, objective, proxies, lam, targets)
       new_params, new_opt_state = primal_apply(grads, opt_state, params)
-      new_cstate = dual_step(cstate, values, problem, dual)
-    elif scheme == "alternating":
-      new_cstate = dual_step(cstate, values, problem, dual)
-      grads = primal_grads(vjp_fn, objective, values, new_cstate.multipliers)
+      new_cstate = dual_at(cstate, values)
+    elif scheme == "dual_primal":
+      new_cstate = dual_at(cstate, values)
+      grads = primal_grads(vjp_fn, objective, proxies, new_cstate.multipliers, targets)
       new_params, new_opt_state = primal_apply(grads, opt_state, params)
+    elif scheme == "primal_dual":
+      grads = primal_grads(vjp_fn, objective, proxies, lam, targets)
+      new_params, new_opt_state = primal_apply(grads, opt_state, params)
+      _, _, values_new, _, _ = evaluate(fn, new_params, args)
+      new_cstate = dual_at(cstate, values_new)
     else:  # extragradient
-      grads = primal_grads(vjp_fn, objective, values, lam)
+      grads = primal_grads(vjp_fn, objective, proxies, lam, targets)
       params_x, _ = primal_apply(grads, opt_state, params)
-      cstate_x = dual_step(cstate, values, problem, dual)
-      _, values_x, vjp_x, _ = evaluate(fn, params_x, args)
-      grads_x = primal_grads(vjp_x, objective, values_x, cstate_x.multipliers)
+      cstate_x = dual_at(cstate, values)
+      _, proxies_x, values_x, vjp_x, _ = evaluate(fn, params_x, args)
+      grads_x = primal_grads(vjp_x, objective, proxies_x, cstate_x.multipliers, targets)
       new_params, new_opt_state = primal_apply(grads_x, opt_state, params)
-      new_cstate = dual_step(cstate, values_x, problem, dual)
+      new_cstate = dual_at(cstate, values_x)
     metrics = {
         "objective": objective,
         "constraint_values": values,
-        "violations": violations(values, problem),
-        "lagrangian": lagrangian(objective, values, lam, problem),
+        "proxy_values": proxies,
+        "violations": violations(values, problem, targets),
+        "lagrangian": lagrangian(objective, values, lam, problem, targets),
         "multipliers": new_cstate.multipliers,
         "aux": aux,
     }
     return new_params, new_opt_state, new_cstate, metrics
 
   return step
-
-
-# ----------------------------------------------------------------------------------------
-# Primal optimizer with separate learning rates
-# ----------------------------------------------------------------------------------------
-
-
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _label_of(path) -> str:
-  names = [_key_name(k) for k in path]
-  for name in names[:-1]:
-    if "gategenerator" in name.lower().replace("_", ""):
-      return "generator"
-  if names and names[-1] == "log_alpha":
-    return "gates"
-  return "weights"
-
-
-def param_labels(params: PyTree) -> PyTree:
-  """Labels for ``optax.partition``: a pytree like ``params`` of "weights"/"gates"/"generator".
-
-  A leaf below a path component containing "gate_generator" (case and underscores ignored,
-  so "GateGenerator_0" matches) is "generator"; otherwise a leaf named ``log_alpha`` is
-  "gates"; everything else is "weights".
-  """
-  return jax.tree.map_with_path(lambda path, _: _label_of(path), params)
-
-
-def primal_optimizer(weights_tx: optax.GradientTransformation,
-                     gates_tx: optax.GradientTransformation,
-                     generator_tx: Optional[optax.GradientTransformation] = None, *,
-                     label_fn: Optional[Callable[[PyTree], PyTree]] = None,
-                     ) -> optax.GradientTransformation:
-  """``optax.partition({"weights": ..., "gates": ..., "generator": ...}, labels)``.
-
-  Each leaf is updated by the transformation of its label (``param_labels`` by default, or
-  ``label_fn(params)`` returning the same three labels). ``generator_tx=None`` trains the
-  gate generator with ``gates_tx`` (a separate state). E.g. WRN: weights ``sgd(0.1)``,
-  gates ``sgd(6.0)``.
-  """
-  transforms = {
-      "weights": weights_tx,
-      "gates": gates_tx,
-      "generator": gates_tx if generator_tx is None else generator_tx,
-  }
-  partition = getattr(optax, "partition", None) or optax.multi_transform
-  return partition(transforms, param_labels if label_fn is None else label_fn)
-
-
-# ----------------------------------------------------------------------------------------
-# Penalty search
-# ----------------------------------------------------------------------------------------
-
-
-class BisectionResult(NamedTuple):
-  """``penalty``: the chosen lambda; ``history``: every ``(lambda, value)`` evaluated."""
-  penalty: float
-  history: tuple
-
-
-def bisect_penalty(run_fn: Callable[[float], float], target: float, lo: float, hi: float,
-                   *, tol: float = 1e-3, max_iters: int = 30) -> BisectionResult:
-  """Geometric bisection for ``lambda > 0`` with ``run_fn(lambda) ~= target``.
-
-  ``run_fn`` (e.g. a penalized training run returning its density) must be decreasing in
-  ``lambda``. Evaluates both ends (raises ``ValueError`` unless
-  ``run_fn(hi) - tol <= target <= run_fn(lo) + tol``), then up to ``max_iters`` midpoints
-  ``m = sqrt(lo * hi)``: ``run_fn(m) > target`` moves ``lo`` to ``m``, otherwise ``hi``.
-  Stops at the first value within ``tol`` of the target; if none is, warns and returns the
-  closest one seen.
-  """
-  lo, hi, target, tol = float(lo), float(hi), float(target), float(tol)
-  if not (0 < lo < hi and math.isfinite(hi)):
-    raise ValueError(f"need 0 < lo < hi < inf, got lo={lo}, hi={hi}")
-  if not tol > 0:
-    raise ValueError(f"tol must be > 0, got {tol}")
-  if int(max_iters) < 1:
-    raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-  history = []
-
-  def run(lam):
-    value = float(run_fn(lam))
-    if not math.isfinite(value):
-      raise ValueError(f"run_fn({lam}) returned {value}")
-    history.append((lam, value))
-    return value
-
-  value_lo, value_hi = run(lo), run(hi)
-  if not value_hi - tol <= target <= value_lo + tol:
-    raise ValueError(
-        f"the bracket [{lo}, {hi}] gives values [{value_lo}, {value_hi}] which do not "
-        f"contain the target {target} (run_fn must decrease in lambda)")
-  for lam, value in history:
-    if abs(value - target) <= tol:
-      return BisectionResult(lam, tuple(history))
-  for _ in range(int(max_iters)):
-    mid = math.sqrt(lo * hi)
-    value = run(mid)
-    if abs(value - target) <= tol:
-      return BisectionResult(mid, tuple(history))
-    if value > target:
-      lo = mid
-    else:
-      hi = mid
-  best = min(history, key=lambda h: abs(h[1] - target))
-  warnings.warn(
-      f"bisect_penalty: no value within tol={tol} of {target} after {max_iters} "
-      f"iterations; returning the closest, lambda={best[0]} -> {best[1]}")
-  return BisectionResult(best[0], tuple(history))

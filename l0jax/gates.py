@@ -23,12 +23,20 @@ Test-time gates, both named conventions::
 papers' PyTorch code clamps to ``(-4.6, 4.6)``, which puts a floor of about 4.7%
 on every gate's ``P(z != 0)``, so low density targets become unreachable.
 
+Edge cases, one rule for every function here: a NaN ``log_alpha`` gives a NaN gate
+*and* a NaN gradient (nothing turns NaN into a finite number, so a non-finite check
+downstream sees it); ``+-inf`` gives the saturated gate (0 or 1) and a zero gradient;
+zero-size inputs (an empty batch) give empty outputs and zero gradients. The samplers
+have a custom JVP rule, so forward mode (``jax.jvp``, ``jax.jacfwd``) and reverse mode
+both work.
+
 Example, gating the input neurons of a dense layer in your own code::
 
     key_init, key_noise = jax.random.split(jax.random.key(0))
     log_alpha = init_log_alpha(key_init, (784,), droprate=0.2)
     z = hard_concrete_sample(key_noise, log_alpha, shape=(batch, 784))  # train
     z = deterministic_gate(log_alpha)                                   # test
+    z = gate(log_alpha, key_noise, (batch,), deterministic=not train)   # either
     y = (x * z) @ kernel + bias
     expected_l0 = prob_nonzero(log_alpha).sum()
 """
@@ -40,6 +48,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 
 BETA = 2.0 / 3.0
@@ -59,6 +68,7 @@ __all__ = [
     "prob_nonzero",
     "deterministic_gate",
     "init_log_alpha",
+    "gate",
     "uniform",
 ]
 
@@ -211,44 +221,54 @@ def _hard_concrete_formula(u, log_alpha, beta, gamma, zeta):
   return _stretch_and_clip(s, gamma, zeta)
 
 
-def _sum_to_shape(t, shape):
-  """Sums a broadcast cotangent back to ``shape``; the leading axes as one matvec,
-  which XLA:CPU runs several times faster than a column reduce of the same size."""
-  lead = t.ndim - len(shape)
+def _broadcast_tangent(t, shape):
+  """``t`` broadcast to ``shape``. The leading (batch) axes are a product with a column
+  of ones, whose transpose (the reverse-mode cotangent sum over the batch) is a matvec:
+  XLA:CPU runs that several times faster than a column reduce of the same size, and it
+  stays defined for a zero-size batch."""
+  shape = tuple(shape)
+  lead = len(shape) - t.ndim
   if lead:
-    rows = math.prod(t.shape[:lead])
-    t = (jnp.ones((rows,), t.dtype) @ t.reshape(rows, -1)).reshape(t.shape[lead:])
-  axes = tuple(i for i, (a, b) in enumerate(zip(t.shape, shape)) if a != b)
-  return t.sum(axes, keepdims=True) if axes else t
+    rows = math.prod(shape[:lead])
+    ones = jnp.ones((rows, 1), t.dtype)
+    t = (ones @ t.reshape(1, -1)).reshape(shape[:lead] + t.shape)
+  return jnp.broadcast_to(t, shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _hard_concrete_fast_grad(u, log_alpha, beta, gamma, zeta):
   return _hard_concrete_formula(u, log_alpha, beta, gamma, zeta)
 
 
-def _fast_grad_fwd(u, log_alpha, beta, gamma, zeta):
-  z = _hard_concrete_formula(u, log_alpha, beta, gamma, zeta)
-  return z, (z, u, log_alpha)
-
-
-def _fast_grad_bwd(beta, gamma, zeta, residuals, g):
+def _fast_grad_jvp(beta, gamma, zeta, primals, tangents):
   # Inside the clip, s = (z - gamma) / (zeta - gamma) and
   # dz/dlog_alpha = (zeta - gamma) * s * (1 - s) / beta; outside it the gate is
-  # constant. z is the forward output, so the backward pass stores nothing more.
-  z, u, log_alpha = residuals
+  # constant. The slope is computed from the output z. The test is "at either end"
+  # (not "inside"), so that a NaN gate, for which every comparison is False, keeps
+  # its NaN slope: NaN is never turned into a zero gradient. Forward mode (jax.jvp,
+  # jacfwd) uses this rule as it is; reverse mode transposes it (_broadcast_tangent).
+  u, log_alpha = primals
+  du, dla = tangents
+  z = _hard_concrete_formula(u, log_alpha, beta, gamma, zeta)
   s = (z - gamma) / (zeta - gamma)
-  dz_dlogit = jnp.where((z > 0) & (z < 1), (zeta - gamma) / beta * s * (1 - s), 0.0)
-  t = g * dz_dlogit
-  finfo = jnp.finfo(u.dtype)
-  u_inside = (u > finfo.tiny) & (u < 1.0 - finfo.epsneg)
-  uc = _clip_uniform(u)
-  du = jnp.where(u_inside, t / (uc * (1.0 - uc)), 0.0)
-  return (_sum_to_shape(du, u.shape).astype(u.dtype),
-          _sum_to_shape(t, log_alpha.shape).astype(log_alpha.dtype))
+  clipped = (z <= 0) | (z >= 1)
+  slope = jnp.where(clipped, 0.0, (zeta - gamma) / beta * s * (1 - s))
+  t = None
+  if not isinstance(dla, SymbolicZero):
+    t = _broadcast_tangent(dla, z.shape)
+  if not isinstance(du, SymbolicZero):
+    finfo = jnp.finfo(u.dtype)
+    u_inside = (u > finfo.tiny) & (u < 1.0 - finfo.epsneg)
+    uc = _clip_uniform(u)
+    dlogit = _broadcast_tangent(jnp.where(u_inside, du / (uc * (1.0 - uc)), 0.0),
+                                z.shape)
+    t = dlogit if t is None else t + dlogit
+  if t is None:
+    return z, jnp.zeros_like(z)
+  return z, slope * t
 
 
-_hard_concrete_fast_grad.defvjp(_fast_grad_fwd, _fast_grad_bwd)
+_hard_concrete_fast_grad.defjvp(_fast_grad_jvp, symbolic_zeros=True)
 
 
 def hard_concrete_sample(
@@ -340,6 +360,45 @@ def deterministic_gate(
   log_alpha, out_dtype = _prepare(log_alpha, clamp)
   logits = log_alpha / beta if mode == "median" else log_alpha
   return _stretch_and_clip(jax.nn.sigmoid(logits), gamma, zeta).astype(out_dtype)
+
+
+def gate(
+    log_alpha,
+    key=None,
+    batch_shape: Sequence[int] = (),
+    *,
+    deterministic: bool = False,
+    test_gate: str = "median",
+    beta: float = BETA,
+    gamma: float = GAMMA,
+    zeta: float = ZETA,
+    clamp: Clamp = None,
+):
+  """The gate for training or test time, of the same rank in both.
+
+  * training (``deterministic=False``): hard-concrete samples of shape
+    ``batch_shape + log_alpha.shape`` drawn from ``key`` (one independent gate per
+    entry of ``batch_shape``, e.g. ``(batch,)`` for per-example noise, ``()`` for one
+    sample shared by the batch);
+  * test time (``deterministic=True``): :func:`deterministic_gate` with mode
+    ``test_gate``, shaped ``(1,) * len(batch_shape) + log_alpha.shape``; ``key`` is
+    not used and may be None.
+
+  So the output broadcasts against the same activations in both modes, e.g. head gates
+  ``log_alpha`` of shape ``(heads,)`` on attention outputs ``(batch, seq, heads, dim)``::
+
+      z = gate(log_alpha, key, (batch,), deterministic=not train)   # (batch|1, heads)
+      y = y * z[:, None, :, None]
+  """
+  log_alpha = jnp.asarray(log_alpha)
+  batch_shape = tuple(int(d) for d in batch_shape)
+  kw = dict(beta=beta, gamma=gamma, zeta=zeta, clamp=clamp)
+  if deterministic:
+    z = deterministic_gate(log_alpha, test_gate, **kw)
+    return z.reshape((1,) * len(batch_shape) + log_alpha.shape)
+  if key is None:
+    raise ValueError("gate(..., deterministic=False) needs a PRNG key for the noise")
+  return hard_concrete_sample(key, log_alpha, batch_shape + log_alpha.shape, **kw)
 
 
 def init_log_alpha(key, shape: Sequence[int], droprate: float, dtype=jnp.float32):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import flax
@@ -38,14 +39,15 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
-from l0jax import gates, ops
+from l0jax import density, gates, ops
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 PaddingLike = Union[str, Sequence[Tuple[int, int]]]
 
 __all__ = ["L0Dense", "L0Conv", "ConvBN", "NOISE_COLLECTION", "batch_norm",
-           "lecun_normal", "per_example_noise"]
+           "batch_norm_statistics", "convolution", "gated_conv", "gated_conv_bn",
+           "gated_dense", "lecun_normal", "per_example_noise"]
 
 NOISE_COLLECTION = "gate_noise"
 
@@ -73,7 +75,9 @@ def per_example_noise(keys: Array, params) -> Dict[str, Any]:
 
   Example ``b`` draws all of its noise, for every layer, in one flat
   ``jax.random.uniform(keys[b], (total_gates,))`` (computed by
-  :func:`l0jax.gates.uniform`), split in the order of the flattened ``params`` paths.
+  :func:`l0jax.gates.uniform`), split by layer in the order of
+  :func:`l0jax.density.gated_layers` (natural sort of the layer paths, whatever the
+  dict order).
   The result is the ``"gate_noise"`` collection to pass with the parameters::
 
       noise = per_example_noise(keys, params)          # keys: shape (batch,)
@@ -90,20 +94,283 @@ def per_example_noise(keys: Array, params) -> Dict[str, Any]:
   """
   if keys.ndim != 1:
     raise ValueError(f"keys must have shape (batch,), got {keys.shape}")
-  flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
-  layers = [path[:-1] for path in flat
-            if path[-1] == "log_alpha" and path[:-1] + ("kernel",) in flat]
+  found = density._layer_dicts(flax.core.unfreeze(params))  # pylint: disable=protected-access
+  layers = list(found)
   if not layers:
     raise ValueError("params contain no gated layer (no dict with both 'kernel' and "
                      "'log_alpha')")
-  shapes = [flat[path + ("log_alpha",)].shape for path in layers]
-  dtype = jnp.promote_types(flat[layers[0] + ("log_alpha",)].dtype, jnp.float32)
+  shapes = [found[path]["log_alpha"].shape for path in layers]
+  dtype = jnp.promote_types(found[layers[0]]["log_alpha"].dtype, jnp.float32)
   sizes = [math.prod(shape) for shape in shapes]
   u = gates.uniform(keys, sum(sizes), dtype)
   pieces = jnp.split(u, list(itertools.accumulate(sizes))[:-1], axis=1)
   return traverse_util.unflatten_dict({
       path + ("uniform",): piece.reshape((keys.shape[0],) + shape)
       for path, shape, piece in zip(layers, shapes, pieces)})
+
+
+_PER_EXAMPLE_UNSTRUCTURED = (
+    "per-example unstructured gates draw one gate per weight per example ({count:,} "
+    "hard-concrete samples for this {what}); that is batch times the per-batch cost: "
+    "{measured} (`python benchmarks/step_time.py --compare`, gate modes table). Use "
+    "sample_per_example=False (one sample per batch) or structured gates.")
+# Measured with that command on the project's 2-core CPU (jax 0.10.2).
+_PER_EXAMPLE_UNSTRUCTURED_COST = (
+    "a 64x512->256 dense layer's forward + backward took 242 ms with per-example "
+    "unstructured gates against 0.94 ms with per-batch ones, most of it drawing and "
+    "transforming the 8.4M noise samples")
+
+
+def _warn_per_example_unstructured(count: int, what: str) -> None:
+  warnings.warn(_PER_EXAMPLE_UNSTRUCTURED.format(
+      count=count, what=what, measured=_PER_EXAMPLE_UNSTRUCTURED_COST), stacklevel=3)
+
+
+def gated_dense(x: Array, kernel: Array, bias: Optional[Array], z: Array, *,
+                unstructured: bool = False) -> Array:
+  """The gated dense map for given gates ``z`` (the math of :class:`L0Dense`).
+
+  Structured (input-unit) gates: ``z`` of shape ``(in,)`` (one sample for the batch,
+  folded into the kernel rows) or ``(batch, in)`` (per example, on the inputs);
+  ``y = (x * z) @ kernel + bias``. Unstructured: ``z`` of the kernel's shape, or
+  ``(batch,) + kernel.shape`` per example (one gated kernel per example: warns, see
+  :data:`_PER_EXAMPLE_UNSTRUCTURED`); ``y = x @ (kernel * z) + bias``. The bias is
+  not gated.
+  """
+  in_features = kernel.shape[0]
+  if unstructured:
+    if z.ndim == kernel.ndim + 1:
+      _warn_per_example_unstructured(z.size, "dense layer")
+      lead = x.reshape(x.shape[0], -1, in_features)
+      y = jnp.einsum("bti,bio->bto", lead, kernel * z)
+      y = y.reshape(x.shape[:-1] + (kernel.shape[-1],))
+    else:
+      y = x @ (kernel * z)
+  elif z.ndim == 2:
+    y = (x * z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (in_features,))) @ kernel
+  else:
+    y = x @ (kernel * z[:, None])
+  return y if bias is None else y + bias
+
+
+def check_conv_input(x: Array, kernel_size: Sequence[int]) -> None:
+  """Raises ValueError unless ``x`` is ``(N, spatial..., C)`` for ``kernel_size``."""
+  spatial = len(kernel_size)
+  if not 1 <= spatial <= 3:
+    raise ValueError(f"kernel_size must have 1 to 3 dims, got {kernel_size}")
+  if x.ndim != spatial + 2:
+    raise ValueError(f"an L0 conv with kernel_size {tuple(kernel_size)} expects "
+                     f"inputs of rank {spatial + 2} (N, spatial..., C), got shape "
+                     f"{x.shape}")
+
+
+def convolution(x: Array, kernel: Array, strides=1, padding: PaddingLike = "SAME",
+                kernel_dilation=1, ops_method: str = "auto") -> Array:
+  """NHWC x HWIO convolution through :func:`l0jax.ops.conv_general_dilated`."""
+  spatial = kernel.ndim - 2
+  as_tuple = lambda v: (v,) * spatial if isinstance(v, int) else tuple(v)
+  letters = "DHW"[-spatial:]
+  dims = jax.lax.conv_dimension_numbers(
+      x.shape, kernel.shape, ("N" + letters + "C", letters + "IO", "N" + letters + "C"))
+  padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+  return ops.conv_general_dilated(
+      x, kernel, as_tuple(strides), padding, rhs_dilation=as_tuple(kernel_dilation),
+      dimension_numbers=dims, method=ops_method)
+
+
+def gated_conv(x: Array, kernel: Array, bias: Optional[Array], z: Array,
+               conv: Callable[[Array, Array], Array], *, unstructured: bool = False,
+               post: Optional[Callable[[Array], Array]] = None) -> Array:
+  """The gated convolution for given gates ``z`` (the math of :class:`L0Conv`).
+
+  ``conv(x, kernel)`` is the convolution (e.g. :func:`convolution` with the layer's
+  strides and padding). Channel gates: ``z`` of shape ``(out,)`` (folded into the
+  kernel and bias) or ``(batch, out)`` (multiplying ``post``'s output; see
+  :meth:`L0Conv.__call__` for ``post``). Unstructured: ``z`` of the kernel's shape, or
+  ``(batch,) + kernel.shape`` (each example convolved with its own kernel: warns),
+  with an ungated bias.
+  """
+  features = kernel.shape[-1]
+  post_checked = _post_checked(post, features)
+  if unstructured:
+    y = _unstructured_conv(x, kernel, z, conv)
+    return post_checked(y + bias if bias is not None else y)
+  if z.ndim == 1:  # fold the shared gates into the kernel and bias
+    y = conv(x, kernel * z)
+    return post_checked(y + bias * z if bias is not None else y)
+  y = conv(x, kernel)
+  y = post_checked(y + bias if bias is not None else y)
+  return y * z.reshape((x.shape[0],) + (1,) * (y.ndim - 2) + (features,))
+
+
+def _post_checked(post: Optional[Callable[[Array], Array]], features: int):
+  """``post`` with a check that it keeps the batch axis first and the channels last."""
+  def apply(y):
+    if post is None:
+      return y
+    out = post(y)
+    if out.shape[:1] != y.shape[:1] or out.shape[-1] != features:
+      raise ValueError(f"post must keep the batch axis first and the {features} "
+                       f"channels last, got shape {out.shape} from {y.shape}")
+    return out
+  return apply
+
+
+def _unstructured_conv(x: Array, kernel: Array, z: Array, conv) -> Array:
+  """``conv(x, kernel * z)``; per example (``z`` with a batch axis) one kernel each."""
+  z = z.astype(kernel.dtype)
+  if z.ndim == kernel.ndim + 1:
+    _warn_per_example_unstructured(z.size, "convolution")
+    return jax.vmap(lambda xi, ki: conv(xi[None], ki)[0])(x, kernel * z)
+  return conv(x, kernel * z)
+
+
+def batch_norm_statistics(y: Array, weights: Optional[Array] = None,
+                          axis_name: Optional[str] = None
+                          ) -> Tuple[Array, Array, Array]:
+  """Per-channel ``(mean, var, count)`` of channels-last ``y``, in float32.
+
+  ``weights`` (``(batch, C)``, or ``(C,)`` for every example alike; None: all 1)
+  weighs each example's values of each channel: the gated layers pass their gates,
+  so a closed gate (exactly 0) excludes the example and a barely open one counts
+  little. Sums are ``psum``-ed over ``axis_name`` (the data-parallel axis), so every
+  device gets the global statistics.
+  """
+  channels = y.shape[-1]
+  y32 = y.astype(jnp.float32)
+  positions = math.prod(y.shape[1:-1])
+  w = (jnp.ones((channels,), jnp.float32) if weights is None
+       else weights.astype(jnp.float32))
+  if w.ndim == 1:  # the same for every example
+    axes = tuple(range(y.ndim - 1))
+    count = w * (y.shape[0] * positions)
+    s1 = jnp.sum(y32, axis=axes) * w
+    s2 = jnp.sum(y32 * y32, axis=axes) * w
+  else:  # (batch, C), per example: weigh per-example sums (no weighted copy of y)
+    axes = tuple(range(1, y.ndim - 1))
+    count = jnp.sum(w, axis=0) * positions
+    s1 = jnp.sum(jnp.sum(y32, axis=axes) * w, axis=0)
+    s2 = jnp.sum(jnp.sum(y32 * y32, axis=axes) * w, axis=0)
+  if axis_name is not None:
+    count, s1, s2 = jax.lax.psum((count, s1, s2), axis_name)
+  mean = s1 / jnp.maximum(count, 1.0)
+  var = jnp.maximum(s2 / jnp.maximum(count, 1.0) - mean * mean, 0.0)
+  return mean, var, count
+
+
+def gated_conv_bn(x: Array, kernel: Array, z: Array, conv: Callable[[Array, Array], Array],
+                  affine: Callable[[Array, Optional[Array]], Tuple[Array, Array]], *,
+                  unstructured: bool = False,
+                  post: Optional[Callable[[Array], Array]] = None) -> Array:
+  """conv -> BatchNorm -> gate for given gates ``z`` (the math of
+  ``L0Conv(batch_norm=True)``).
+
+  ``affine(y, weights)`` returns the per-channel ``(a, b)`` BatchNorm applies,
+  ``y * a + b``, with batch statistics weighted by ``weights`` (the gates, gradient
+  stopped; see :func:`batch_norm_statistics`). Channel gates ``(out,)`` are folded
+  into ``(a, b)``; per-example gates ``(batch, out)`` multiply ``post``'s output.
+  Unstructured gates scale the kernel (BN then sees every example).
+  """
+  post_checked = _post_checked(post, kernel.shape[-1])
+  if unstructured:
+    y = _unstructured_conv(x, kernel, z, conv)
+    a, b = affine(y, None)
+    return post_checked(y * a.astype(y.dtype) + b.astype(y.dtype))
+  y = conv(x, kernel)
+  a, b = affine(y, jax.lax.stop_gradient(z))
+  if z.ndim == 1:  # the shared gates fold into the affine map: closed is exactly 0
+    return post_checked(y * (a * z).astype(y.dtype) + (b * z).astype(y.dtype))
+  out = post_checked(y * a.astype(y.dtype) + b.astype(y.dtype))
+  return out * z.astype(out.dtype).reshape(
+      (x.shape[0],) + (1,) * (out.ndim - 2) + (out.shape[-1],))
+
+
+def batch_norm(module: nn.Module, y: Array, *, deterministic: bool,
+               weights: Optional[Array] = None, momentum: float = 0.9,
+               epsilon: float = 1e-5, axis_name: Optional[str] = None
+               ) -> Tuple[Array, Array]:
+  """The BatchNorm of ``module``'s channels-last output ``y``, as the per-channel
+  ``(a, b)`` of ``y * a + b`` (float32).
+
+  Parameters ``scale`` / ``bias`` and statistics ``mean`` / ``var`` (collection
+  ``"batch_stats"``) live in ``module``. In training (``deterministic=False``) the
+  statistics are the batch's, weighted by ``weights`` and summed over ``axis_name``
+  (:func:`batch_norm_statistics`); the gated layers pass the sampled gates, which
+  keeps the statistics a continuous function of the gate parameters (a 0/1 mask would
+  jump whenever a gate crosses zero, and 1 and 4 devices, whose parameters differ by
+  float rounding, could then disagree). The running statistics move by ``1 -
+  momentum`` towards them, only for channels open somewhere in the global batch (a
+  closed channel keeps its statistics), and not while the module is initialised. At
+  test time the running statistics are used.
+  """
+  channels = y.shape[-1]
+  scale = module.param("scale", nn.initializers.ones_init(), (channels,), jnp.float32)
+  shift = module.param("bias", nn.initializers.zeros_init(), (channels,), jnp.float32)
+  ra_mean = module.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+  ra_var = module.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+  if deterministic:
+    mean, var = ra_mean.value, ra_var.value
+  else:
+    mean, var, count = batch_norm_statistics(y, weights, axis_name)
+    if not module.is_initializing():
+      seen = count > 0
+      ra_mean.value = jnp.where(seen, momentum * ra_mean.value + (1 - momentum) * mean,
+                                ra_mean.value)
+      ra_var.value = jnp.where(seen, momentum * ra_var.value + (1 - momentum) * var,
+                               ra_var.value)
+  a = scale * jax.lax.rsqrt(var + epsilon)
+  return a, shift - mean * a
+
+
+class ConvBN(nn.Module):
+  """Convolution (no bias) + BatchNorm, ungated: ``post(y * a + b)`` with ``y =
+  conv(x, kernel)`` and the BatchNorm's ``(a, b)`` (:func:`batch_norm`, all open).
+
+  The parameters (``kernel``, ``scale``, ``bias``; ``batch_stats``: ``mean``,
+  ``var``) are named as in ``L0Conv(batch_norm=True)``, so a dense baseline, a gated
+  model and its purged copy share one layout. Attributes as :class:`L0Conv`'s.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Union[int, Sequence[int]] = 1
+  padding: PaddingLike = "SAME"
+  kernel_dilation: Union[int, Sequence[int]] = 1
+  ops_method: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  kernel_init: Initializer = lecun_normal
+  param_dtype: Any = jnp.float32
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = False,
+               post: Optional[Callable[[Array], Array]] = None) -> Array:
+    check_conv_input(x, self.kernel_size)
+    kernel = self.param("kernel", self.kernel_init,
+                        tuple(self.kernel_size) + (x.shape[-1], self.features),
+                        self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = convolution(x, kernel, self.strides, self.padding, self.kernel_dilation,
+                    self.ops_method)
+    a, b = batch_norm(self, y, deterministic=deterministic, momentum=self.bn_momentum,
+                      epsilon=self.bn_epsilon, axis_name=self.axis_name)
+    return _post_checked(post, self.features)(
+        y * a.astype(y.dtype) + b.astype(y.dtype))
+
+
+def check_test_gate(mode: str) -> None:
+  if mode not in gates.TEST_GATE_MODES:
+    raise ValueError(f"test_gate must be one of {gates.TEST_GATE_MODES}, got {mode!r}")
+
+
+def rescaled_init(kernel_init: Initializer, droprate_init: float,
+                  rescale: bool) -> Initializer:
+  """``kernel_init``, times ``1 / (1 - droprate_init)`` when ``rescale``."""
+  if not rescale:
+    return kernel_init
+  scale = 1.0 / (1.0 - droprate_init)
+  return lambda key, shape, dtype=jnp.float32: scale * kernel_init(key, shape, dtype)
 
 
 class _GateMixin:
@@ -114,9 +381,7 @@ class _GateMixin:
                 clamp=self.log_alpha_clamp)
 
   def _log_alpha(self, shape) -> Array:
-    if self.test_gate not in gates.TEST_GATE_MODES:
-      raise ValueError(f"test_gate must be one of {gates.TEST_GATE_MODES}, "
-                       f"got {self.test_gate!r}")
+    check_test_gate(self.test_gate)
     return self.param(
         "log_alpha",
         lambda key, s: gates.init_log_alpha(key, s, self.droprate_init,
@@ -124,11 +389,7 @@ class _GateMixin:
         shape)
 
   def _kernel_init(self) -> Initializer:
-    if not self.rescale_init:
-      return self.kernel_init
-    scale = 1.0 / (1.0 - self.droprate_init)
-    return lambda key, shape, dtype=jnp.float32: scale * self.kernel_init(
-        key, shape, dtype)
+    return rescaled_init(self.kernel_init, self.droprate_init, self.rescale_init)
 
   def _gates(self, log_alpha: Array, deterministic: bool, batch_shape) -> Array:
     """Test-time gates, or samples of shape ``batch_shape + log_alpha.shape``."""
@@ -198,167 +459,13 @@ class L0Dense(_GateMixin, nn.Module):
     gate_shape = kernel.shape if self.unstructured else (in_features,)
     log_alpha = self._log_alpha(gate_shape)  # float32: the gates are never narrowed
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    sample = lambda batch: self._gates(log_alpha, deterministic, batch).astype(x.dtype)
 
     per_example = self.sample_per_example and x.ndim > 1 and not deterministic
-    if self.unstructured:
-      if per_example:
-        z = sample(x.shape[:1])
-        lead = x.reshape(x.shape[0], -1, in_features)
-        y = jnp.einsum("bti,bio->bto", lead, kernel * z)
-        y = y.reshape(x.shape[:-1] + (self.features,))
-      else:
-        y = x @ (kernel * sample(()))
-    else:
-      if per_example:
-        z = sample(x.shape[:1])
-        z = z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (in_features,))
-        y = (x * z) @ kernel
-      else:
-        z = sample(())
-        y = x @ (kernel * z[:, None])
-    if bias is not None:
-      y = y + bias
-    return y
+    z = self._gates(log_alpha, deterministic, x.shape[:1] if per_example else ())
+    return gated_dense(x, kernel, bias, z.astype(x.dtype), unstructured=self.unstructured)
 
 
-def batch_norm(module: nn.Module, y: Array, *, deterministic: bool,
-               open_weights: Optional[Array] = None, momentum: float = 0.9,
-               epsilon: float = 1e-5, axis_name: Optional[str] = None
-               ) -> Tuple[Array, Array, Array, Array]:
-  """The BatchNorm of ``module``'s channels-last output ``y``: ``(mean, inv_std, scale,
-  shift)``, each ``(C,)`` in float32, so that the normalised output is
-  ``(y - mean) * inv_std * scale + shift``.
-
-  Parameters ``scale`` / ``bias`` and statistics ``mean`` / ``var`` (collection
-  ``"batch_stats"``) live in ``module``. In training (``deterministic=False``) the
-  statistics are those of the batch, over the values of *open* channels only:
-  ``open_weights`` (``(batch, C)`` or ``(C,)``; None: all open) weighs every
-  example's values of each channel; the gated layers pass the sampled gates
-  themselves (gradient stopped), so a closed gate (exactly 0) excludes its example
-  and a barely open one counts little: the statistics stay a continuous function of
-  the gate parameters (a 0/1 mask would jump whenever a gate crosses zero, and 1 and 4
-  devices, whose parameters differ by float rounding, could then disagree). Sums are
-  ``psum``-ed over ``axis_name`` (the data-parallel axis), so every device computes
-  the global statistics and 1 or 4 devices give the same result. The running
-  statistics move by ``1 - momentum`` towards them, only for channels open somewhere
-  in the global batch (a closed channel keeps its statistics), and not while the
-  module is being initialised. At test time the running statistics are used.
-  """
-  channels = y.shape[-1]
-  scale = module.param("scale", nn.initializers.ones_init(), (channels,), jnp.float32)
-  shift = module.param("bias", nn.initializers.zeros_init(), (channels,), jnp.float32)
-  ra_mean = module.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-  ra_var = module.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-  if deterministic:
-    mean, var = ra_mean.value, ra_var.value
-  else:
-    y32 = y.astype(jnp.float32)
-    positions = math.prod(y.shape[1:-1])
-    w = (jnp.ones((channels,), jnp.float32) if open_weights is None
-         else open_weights.astype(jnp.float32))
-    if w.ndim == 1:  # the same for every example
-      axes = tuple(range(y.ndim - 1))
-      count = w * (y.shape[0] * positions)
-      s1 = jnp.sum(y32, axis=axes) * w
-      s2 = jnp.sum(y32 * y32, axis=axes) * w
-    else:  # (batch, C), per example: weigh per-example sums (no weighted copy of y)
-      axes = tuple(range(1, y.ndim - 1))
-      count = jnp.sum(w, axis=0) * positions
-      s1 = jnp.sum(jnp.sum(y32, axis=axes) * w, axis=0)
-      s2 = jnp.sum(jnp.sum(y32 * y32, axis=axes) * w, axis=0)
-    if axis_name is not None:
-      count, s1, s2 = jax.lax.psum((count, s1, s2), axis_name)
-    mean = s1 / jnp.maximum(count, 1.0)
-    var = jnp.maximum(s2 / jnp.maximum(count, 1.0) - mean * mean, 0.0)
-    if not module.is_initializing():
-      seen = count > 0
-      ra_mean.value = jnp.where(seen, momentum * ra_mean.value + (1 - momentum) * mean,
-                                ra_mean.value)
-      ra_var.value = jnp.where(seen, momentum * ra_var.value + (1 - momentum) * var,
-                               ra_var.value)
-  return mean, jax.lax.rsqrt(var + epsilon), scale, shift
-
-
-class _ConvMixin:
-  """The convolution of a conv layer with its attributes (kernel_size, strides, ...)."""
-
-  def _conv(self, x: Array, kernel: Array) -> Array:
-    spatial = len(self.kernel_size)
-    as_tuple = lambda v: (v,) * spatial if isinstance(v, int) else tuple(v)
-    letters = "DHW"[-spatial:]
-    dims = jax.lax.conv_dimension_numbers(
-        x.shape, kernel.shape,
-        ("N" + letters + "C", letters + "IO", "N" + letters + "C"))
-    padding = self.padding if isinstance(self.padding, str) else tuple(
-        tuple(p) for p in self.padding)
-    return ops.conv_general_dilated(
-        x, kernel, as_tuple(self.strides), padding,
-        rhs_dilation=as_tuple(self.kernel_dilation), dimension_numbers=dims,
-        method=self.ops_method)
-
-  def _check_rank(self, x: Array) -> None:
-    spatial = len(self.kernel_size)
-    if not 1 <= spatial <= 3:
-      raise ValueError(f"kernel_size must have 1 to 3 dims, got {self.kernel_size}")
-    if x.ndim != spatial + 2:
-      raise ValueError(f"{type(self).__name__} with kernel_size "
-                       f"{tuple(self.kernel_size)} expects inputs of rank {spatial + 2} "
-                       f"(N, spatial..., C), got shape {x.shape}")
-
-
-def _checked(post: Optional[Callable[[Array], Array]], features: int):
-  """``post`` with a check that it keeps the batch axis first and the channels last."""
-  def apply(y):
-    if post is None:
-      return y
-    out = post(y)
-    if out.shape[:1] != y.shape[:1] or out.shape[-1] != features:
-      raise ValueError(f"post must keep the batch axis first and the {features} "
-                       f"channels last, got shape {out.shape} from {y.shape}")
-    return out
-  return apply
-
-
-class ConvBN(_ConvMixin, nn.Module):
-  """Convolution (no bias) + BatchNorm, ungated: ``post((y - mean) * inv_std * scale +
-  bias)`` with ``y = conv(x, kernel)`` (:func:`batch_norm`, all channels open).
-
-  The parameters (``kernel``, ``scale``, ``bias``; ``batch_stats``: ``mean``,
-  ``var``) are named as in ``L0Conv(batch_norm=True)``, so a dense baseline, a gated
-  model and its purged copy share one layout. Attributes as :class:`L0Conv`'s.
-  """
-  features: int
-  kernel_size: Sequence[int]
-  strides: Union[int, Sequence[int]] = 1
-  padding: PaddingLike = "SAME"
-  kernel_dilation: Union[int, Sequence[int]] = 1
-  ops_method: str = "auto"
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  axis_name: Optional[str] = None
-  kernel_init: Initializer = lecun_normal
-  param_dtype: Any = jnp.float32
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = False,
-               post: Optional[Callable[[Array], Array]] = None) -> Array:
-    self._check_rank(x)
-    kernel = self.param("kernel", self.kernel_init,
-                        tuple(self.kernel_size) + (x.shape[-1], self.features),
-                        self.param_dtype)
-    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    y = self._conv(x, kernel)
-    mean, inv_std, scale, shift = batch_norm(
-        self, y, deterministic=deterministic, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.axis_name)
-    a = scale * inv_std
-    return _checked(post, self.features)(
-        (y * a.astype(y.dtype) + (shift - mean * a).astype(y.dtype)))
-
-
-class L0Conv(_ConvMixin, _GateMixin, nn.Module):
+class L0Conv(_GateMixin, nn.Module):
   """Convolution (NHWC inputs, HWIO kernel) with gates on its output channels.
 
   ``y = (conv(x, kernel) + bias) * z`` with ``z`` of shape ``(out,)`` per batch or
@@ -371,14 +478,14 @@ class L0Conv(_ConvMixin, _GateMixin, nn.Module):
 
   With ``batch_norm=True`` the convolution has no bias of its own and a BatchNorm
   follows it, before the gate: ``y = ((conv(x, kernel) - mean) * inv_std * scale +
-  bias) * z`` (:func:`batch_norm`; ``bias``, the BN shift, shares the channel's gate
-  as a conv bias does). The gate comes *after* BN for two reasons: a closed channel is
-  then exactly zero in training and at test time (BN after the gate would add its
-  shift back), and the gate's gradient keeps its size (BN after a gate divides the
-  gate's scale out again: with per-batch gates the loss would not depend on an open
-  gate's value at all). Batch statistics weigh each example by its gate (closed
-  examples do not count), and channels closed in the whole batch do not move their
-  running statistics.
+  bias) * z`` (:func:`gated_conv_bn`, :func:`batch_norm`; ``bias``, the BN shift,
+  shares the channel's gate as a conv bias does). The gate comes *after* BN for two
+  reasons: a closed channel is then exactly zero in training and at test time (BN
+  after the gate would add its shift back), and the gate's gradient keeps its size
+  (BN after a gate divides the gate's scale out again: with per-batch gates the loss
+  would not depend on an open gate's value at all). Batch statistics weigh each
+  example by its gate (closed examples do not count), and channels closed in the whole
+  batch do not move their running statistics.
 
   Attributes are those of :class:`L0Dense` plus ``kernel_size``, ``strides``,
   ``padding`` (``"SAME"``, ``"VALID"`` or explicit pairs), ``kernel_dilation``,
@@ -413,6 +520,10 @@ class L0Conv(_ConvMixin, _GateMixin, nn.Module):
   param_dtype: Any = jnp.float32
   dtype: Any = None
 
+  def _conv(self, x: Array, kernel: Array) -> Array:
+    return convolution(x, kernel, self.strides, self.padding, self.kernel_dilation,
+                       self.ops_method)
+
   @nn.compact
   def __call__(self, x: Array, deterministic: Optional[bool] = None,
                post: Optional[Callable[[Array], Array]] = None) -> Array:
@@ -431,7 +542,7 @@ class L0Conv(_ConvMixin, _GateMixin, nn.Module):
     """
     deterministic = nn.merge_param("deterministic", self.deterministic,
                                    deterministic)
-    self._check_rank(x)
+    check_conv_input(x, self.kernel_size)
     kernel_shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
     kernel = self.param("kernel", self._kernel_init(), kernel_shape,
                         self.param_dtype)
@@ -440,44 +551,14 @@ class L0Conv(_ConvMixin, _GateMixin, nn.Module):
     gate_shape = kernel.shape if self.unstructured else (self.features,)
     log_alpha = self._log_alpha(gate_shape)  # float32: the gates are never narrowed
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    post = _checked(post, self.features)
+
     per_example = self.sample_per_example and not deterministic
     z = self._gates(log_alpha, deterministic, x.shape[:1] if per_example else ())
-    if self.unstructured:
-      kernel = kernel * z.astype(kernel.dtype)
-      if per_example:
-        y = jax.vmap(lambda xi, ki: self._conv(xi[None], ki)[0])(x, kernel)
-      else:
-        y = self._conv(x, kernel)
-      if self.batch_norm:
-        return post(self._normalize(y, None, deterministic))
-      return post(y + bias if bias is not None else y)
     if self.batch_norm:
-      y = self._conv(x, kernel)
-      weights = jax.lax.stop_gradient(z)  # closed: excluded (batch_norm's docstring)
-      if per_example:
-        y = self._normalize(y, weights, deterministic)
-        return post(y) * self._per_example(z, y)
-      return post(self._normalize(y, weights, deterministic, z))
-    if not per_example:  # fold the shared gates into the kernel and bias
-      zc = z.astype(kernel.dtype)
-      y = self._conv(x, kernel * zc)
-      return post(y + bias * zc if bias is not None else y)
-    y = post(self._conv(x, kernel) + bias if bias is not None else self._conv(x, kernel))
-    return y * self._per_example(z, y)
-
-  def _per_example(self, z: Array, y: Array) -> Array:
-    """Per-example channel gates ``(batch, C)`` shaped to multiply ``y``."""
-    return z.astype(y.dtype).reshape((y.shape[0],) + (1,) * (y.ndim - 2) + (y.shape[-1],))
-
-  def _normalize(self, y: Array, weights, deterministic: bool, z=None) -> Array:
-    """BatchNorm of ``y`` (statistics weighted by the gates); per-batch gates ``z`` are
-    folded into the affine map, so a closed channel is an exact zero."""
-    mean, inv_std, scale, shift = batch_norm(
-        self, y, deterministic=deterministic, open_weights=weights,
-        momentum=self.bn_momentum, epsilon=self.bn_epsilon, axis_name=self.axis_name)
-    a = scale * inv_std
-    b = shift - mean * a
-    if z is not None:
-      a, b = a * z, b * z
-    return y * a.astype(y.dtype) + b.astype(y.dtype)
+      affine = lambda y, weights: batch_norm(
+          self, y, deterministic=deterministic, weights=weights,
+          momentum=self.bn_momentum, epsilon=self.bn_epsilon, axis_name=self.axis_name)
+      return gated_conv_bn(x, kernel, z, self._conv, affine,
+                           unstructured=self.unstructured, post=post)
+    return gated_conv(x, kernel, bias, z.astype(x.dtype), self._conv,
+                      unstructured=self.unstructured, post=post)

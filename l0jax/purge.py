@@ -21,8 +21,8 @@ neighbouring layers. :func:`purge` does that from a trained model's parameters:
   gated model's constant output exactly (the "constant bias path").
 
 The result is a :class:`PurgedModel`, a Flax module that runs a sequence of
-:class:`Op` s (``dense``, ``conv``, ``relu``, ``max_pool``, ``flatten`` and
-``select``, a gather of kept features on the last axis). The sequence is plain data:
+:class:`Op` s (``dense``, ``conv``, ``relu``, ``max_pool``, ``avg_pool``, ``flatten``
+and ``select``, a gather of kept features on the last axis). The sequence is plain data:
 :meth:`PurgedModel.spec` turns it into a JSON-able dict and
 :meth:`PurgedModel.from_spec` back, which is how :func:`save` and :func:`load` work.
 
@@ -40,7 +40,8 @@ Example::
 Supported architectures are :class:`l0jax.models.MLP` and
 :class:`l0jax.models.LeNet5Caffe`; :func:`register_architecture` adds one by giving
 the op sequence of its forward pass (a chain of dense / conv layers with relu,
-pooling and flatten between them).
+pooling and flatten between them), checked by :func:`check_ops`. For any other
+gated model, :func:`masks` exports boolean keep-masks (what a closed gate zeroes).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l0jax import density, gates
+from l0jax import density, gates, gating
 from l0jax.models import LeNet5Caffe, MLP
 
 __all__ = [
@@ -69,6 +70,9 @@ __all__ = [
     "register_architecture",
     "purge",
     "counts",
+    "check_ops",
+    "macs_graph",
+    "masks",
     "save",
     "load",
 ]
@@ -79,7 +83,8 @@ SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
 
 LINEAR_KINDS = ("dense", "conv")
-OP_KINDS = LINEAR_KINDS + ("relu", "max_pool", "flatten", "select")
+POOL_KINDS = ("max_pool", "avg_pool")
+OP_KINDS = LINEAR_KINDS + ("relu",) + POOL_KINDS + ("flatten", "select")
 
 
 class Op(NamedTuple):
@@ -92,6 +97,7 @@ class Op(NamedTuple):
     parameters under ``name``;
   * ``"relu"``;
   * ``"max_pool"``: ``nn.max_pool(x, window, strides)`` (VALID);
+  * ``"avg_pool"``: ``nn.avg_pool(x, window, strides)`` (VALID);
   * ``"flatten"``: ``(batch, ...) -> (batch, -1)``, row-major (channel innermost);
   * ``"select"``: keeps the features ``indices`` of the last axis, in that order.
   """
@@ -137,8 +143,8 @@ def _check_op(op: Op) -> None:
     raise ValueError(f"a {op.kind} op needs a name and features, got {op}")
   if op.kind == "conv" and op.kernel_size is None:
     raise ValueError(f"a conv op needs kernel_size, got {op}")
-  if op.kind == "max_pool" and op.window is None:
-    raise ValueError(f"a max_pool op needs window, got {op}")
+  if op.kind in POOL_KINDS and op.window is None:
+    raise ValueError(f"a {op.kind} op needs window, got {op}")
   if op.kind == "select" and op.indices is None:
     raise ValueError(f"a select op needs indices, got {op}")
 
@@ -171,9 +177,9 @@ class PurgedModel(nn.Module):
                     kernel_init=_kernel_init, name=op.name)(x)
       elif op.kind == "relu":
         x = nn.relu(x)
-      elif op.kind == "max_pool":
-        x = nn.max_pool(x, tuple(op.window),
-                        strides=tuple(op.strides) if op.strides else None)
+      elif op.kind in POOL_KINDS:
+        pool = nn.max_pool if op.kind == "max_pool" else nn.avg_pool
+        x = pool(x, tuple(op.window), strides=tuple(op.strides) if op.strides else None)
       elif op.kind == "flatten":
         x = x.reshape((x.shape[0], -1))
       elif op.kind == "select":
@@ -258,15 +264,94 @@ _ARCHITECTURES: Dict[type, Callable[[nn.Module], Tuple[Op, ...]]] = {}
 
 
 def register_architecture(model_type: type,
-                          ops_fn: Callable[[nn.Module], Sequence[Op]]) -> None:
+                          ops_fn: Callable[[nn.Module], Sequence[Op]], *,
+                          input_shape: Optional[Sequence[int]] = None) -> None:
   """Teaches :func:`purge` a model class.
 
   ``ops_fn(model)`` returns the ops of the model's test-time forward pass with its
   full (unpurged) widths, each dense / conv op named like the model's parameter
   dict. The dense and conv layers must form a chain; gates are read from the
   parameters (a layer without ``log_alpha`` is treated as always open).
+
+  With ``input_shape`` (one example, e.g. ``(28, 28, 1)``) the op list of the default
+  model ``model_type()`` is checked now, by :func:`check_ops` against the shapes of
+  that model's parameters and output (``jax.eval_shape``, nothing is computed);
+  without it the check runs when :func:`purge` or :func:`counts` first see params.
+
+  Raises:
+    ValueError: for an op list that does not run the model (see :func:`check_ops`).
   """
+  if input_shape is not None:
+    model = model_type()
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+    keys = {"params": jax.random.key(0), "gates": jax.random.key(1)}
+    variables = jax.eval_shape(model.init, keys, x)
+    try:
+      out = jax.eval_shape(lambda v, x: model.apply(v, x, deterministic=True),
+                           variables, x)
+    except TypeError:
+      out = jax.eval_shape(model.apply, variables, x)
+    check_ops(tuple(ops_fn(model)), variables, input_shape=input_shape,
+              output_shape=out.shape[1:])
   _ARCHITECTURES[model_type] = lambda model: tuple(ops_fn(model))
+
+
+def check_ops(ops: Sequence[Op], params=None, *,
+              input_shape: Optional[Sequence[int]] = None,
+              output_shape: Optional[Sequence[int]] = None) -> None:
+  """Raises ValueError unless ``ops`` can run a model with these ``params``.
+
+  Always: every op is of a known kind with its fields, dense / conv names are unique
+  and there is at least one. With ``params`` (arrays or shapes): every op's layer
+  exists with a kernel of the op's kind and width; every layer of ``params`` that has
+  a kernel is in the ops (an op list that skips a layer would drop it); each layer's
+  inputs match the previous layer's outputs (times the positions of a flatten). With
+  ``input_shape``: the ops run on it (positive sizes, the first layer's inputs), and
+  with ``output_shape`` they end with it.
+  """
+  ops = tuple(ops)
+  for op in ops:
+    _check_op(op)
+  names = [op.name for op in ops if op.kind in LINEAR_KINDS]
+  if not names:
+    raise ValueError("the op list has no dense or conv op")
+  if len(set(names)) != len(names):
+    raise ValueError(f"dense / conv op names must be unique, got {names}")
+  if params is not None:
+    params = _unwrap(params)
+    missing = [n for n in names if n not in params or "kernel" not in params[n]]
+    if missing:
+      raise ValueError(f"ops name layers {missing} that params do not have (with a "
+                       f"kernel); params layers: {sorted(params)}")
+    unused = sorted(k for k, v in params.items()
+                    if isinstance(v, Mapping) and "kernel" in v and k not in names)
+    if unused:
+      raise ValueError(f"params layers {unused} are in no op: the op list must run "
+                       f"the whole model (its ops name {names})")
+    width, flattened = None, False
+    for op in ops:
+      if op.kind == "flatten":
+        flattened = True
+      if op.kind not in LINEAR_KINDS:
+        continue
+      shape = tuple(params[op.name]["kernel"].shape)
+      want_ndim = 2 if op.kind == "dense" else len(op.kernel_size) + 2
+      if len(shape) != want_ndim or shape[-1] != op.features or (
+          op.kind == "conv" and shape[:-2] != tuple(op.kernel_size)):
+        raise ValueError(f"layer {op.name!r}: kernel shape {shape} does not fit {op}")
+      n_in = shape[-2]
+      if width is not None and n_in != width and not (
+          flattened and width and n_in % width == 0):
+        raise ValueError(f"layer {op.name!r} takes {n_in} inputs, but the op before "
+                         f"it gives {width}" + (" per position" if flattened else ""))
+      width, flattened = shape[-1], False
+  if input_shape is not None:
+    in_widths = None if params is None else {
+        n: params[n]["kernel"].shape[-2] for n in names}
+    _, shape = _propagate(ops, input_shape, in_widths)
+    if output_shape is not None and tuple(shape) != tuple(output_shape):
+      raise ValueError(f"the ops end with shape {tuple(shape)}, the model's output "
+                       f"is {tuple(output_shape)}")
 
 
 def architecture_ops(model: nn.Module) -> Tuple[Op, ...]:
@@ -304,7 +389,7 @@ def _lenet_ops(model: LeNet5Caffe) -> List[Op]:
 
 
 register_architecture(MLP, _mlp_ops)
-register_architecture(LeNet5Caffe, _lenet_ops)
+register_architecture(LeNet5Caffe, _lenet_ops)  # checked in tests/test_purge.py
 
 
 # ------------------------------------------------------------------------------------
@@ -350,6 +435,32 @@ def _unwrap(params) -> Mapping[str, Any]:
       "params", "batch_stats"}:
     return params["params"]
   return params
+
+
+def _with_log_alphas(params, log_alphas: Optional[Mapping[str, Any]]):
+  """``params`` with each named layer's ``log_alpha`` replaced (or added)."""
+  params = _unwrap(params)
+  if log_alphas is None:
+    return params
+  unknown = sorted(set(log_alphas) - set(params))
+  if unknown:
+    raise ValueError(f"log_alphas name layers {unknown} that params do not have; "
+                     f"params layers: {sorted(params)}")
+  return {name: dict(layer, log_alpha=log_alphas[name]) if name in log_alphas
+          else layer for name, layer in params.items()}
+
+
+def _variables_with_log_alphas(variables, log_alphas: Optional[Mapping[str, Any]]):
+  """A CNN's variables with the ``log_alpha`` of each named layer (a '/'-joined path,
+  as :func:`l0jax.density.gated_layers` names it) replaced or added."""
+  if log_alphas is None:
+    return variables
+  flat = _path_dict_keep(variables["params"])
+  for name, value in log_alphas.items():
+    if f"{name}/kernel" not in flat:
+      raise ValueError(f"log_alphas name layer {name!r}, which the params do not have")
+    flat[f"{name}/log_alpha"] = value
+  return {**variables, "params": _nest(flat)}
 
 
 def _gate_kwargs(model) -> Dict[str, Any]:
@@ -410,16 +521,16 @@ def _fold(op: Op, layer: Mapping[str, Any], g: Optional[np.ndarray]) -> _Layer:
   if g is not None:
     kind = density.gated_layers({op.name: layer})[op.name].kind
     if kind not in (density.UNSTRUCTURED,
-                    density.DENSE_INPUTS if op.kind == "dense" else
-                    density.CONV_CHANNELS):
+                    density.INPUTS if op.kind == "dense" else
+                    density.OUTPUTS):
       raise ValueError(f"layer {op.name!r}: {kind} gates on a {op.kind} layer")
     g = g.astype(np.result_type(kernel.dtype, g.dtype))
     is_open = g > 0
-    if kind == density.DENSE_INPUTS:
+    if kind == density.INPUTS:
       kernel = kernel * g[:, None]      # the product L0Dense forms at test time
       in_keep = is_open
       weight_open = np.broadcast_to(is_open[:, None], kernel.shape)
-    elif kind == density.CONV_CHANNELS:
+    elif kind == density.OUTPUTS:
       kernel = kernel * g
       bias = bias * g if bias is not None else None
       out_keep = is_open
@@ -449,10 +560,8 @@ def _analyse(model, params, test_gate: Optional[str]):
   params = _unwrap(params)
   mode = _test_gate(model, test_gate)
   ops = architecture_ops(model)
+  check_ops(ops, params)
   names = [op.name for op in ops if op.kind in LINEAR_KINDS]
-  for name in names:
-    if name not in params:
-      raise ValueError(f"params have no layer {name!r} (found {sorted(params)})")
   test_gates = _test_time_gates(params, names, mode, _gate_kwargs(model))
   layers: List[_Layer] = []
   flattened = False
@@ -484,7 +593,8 @@ def _analyse(model, params, test_gate: Optional[str]):
   return ops, layers
 
 
-def purge(model: nn.Module, params, test_gate: Optional[str] = None
+def purge(model: nn.Module, params, test_gate: Optional[str] = None, *,
+          log_alphas: Optional[Mapping[str, Any]] = None
           ) -> Tuple[PurgedModel, Dict[str, Dict[str, jax.Array]]]:
   """Builds the compact plain model equal to ``model`` at test time.
 
@@ -494,6 +604,8 @@ def purge(model: nn.Module, params, test_gate: Optional[str] = None
     params: its parameters (or a ``{"params": ...}`` variables dict).
     test_gate: ``"median"`` or ``"eq13"``; defaults to ``model.test_gate``, so the
       result equals ``model.apply(variables, x, deterministic=True)``.
+    log_alphas: ``{layer name: log_alpha}`` for gates kept outside the params (e.g.
+      produced by a generator network); they take the place of the params' own.
 
   Returns:
     ``(purged_model, purged_params)`` with
@@ -501,8 +613,9 @@ def purge(model: nn.Module, params, test_gate: Optional[str] = None
     test-time output (up to float rounding). Not jittable: shapes depend on the gates.
   """
   if has_channel_graph(model):
-    return _purge_channels(model, params, test_gate)
-  ops, layers = _analyse(model, params, test_gate)
+    return _purge_channels(model, _variables_with_log_alphas(params, log_alphas),
+                           test_gate)
+  ops, layers = _analyse(model, _with_log_alphas(params, log_alphas), test_gate)
   by_name = {layer.op.name: layer for layer in layers}
   new_ops: List[Op] = []
   new_params: Dict[str, Dict[str, jax.Array]] = {}
@@ -537,6 +650,30 @@ def purge(model: nn.Module, params, test_gate: Optional[str] = None
 
 
 # ------------------------------------------------------------------------------------
+# Keep-masks: for models purge cannot compact.
+# ------------------------------------------------------------------------------------
+
+def masks(params, specs: Optional[Sequence[gating.GateSpec]] = None,
+          log_alphas: Optional[Mapping[str, Any]] = None, test_gate: str = "median",
+          **gate_kwargs):
+  """Boolean keep-masks for any gated pytree: like ``params``, False where pruned.
+
+  Without ``specs``: l0jax's layers (:func:`l0jax.density.layer_specs`: input gates
+  mask kernel rows, channel gates a kernel channel and its bias, unstructured gates
+  single weights). With ``specs`` and ``log_alphas``: the path API
+  (:mod:`l0jax.gating`). A weight is kept when its test-time gate
+  (:func:`l0jax.gates.deterministic_gate`, ``test_gate``) is not exactly zero;
+  ungated leaves are all True. ``jax.tree.map(lambda p, m: p * m, params, masks)``
+  zeroes what purging would remove (without the cascade), for any architecture.
+  """
+  if specs is None:
+    if log_alphas is not None:
+      raise ValueError("log_alphas= needs specs= saying what the gates gate")
+    specs, log_alphas = density.layer_specs(params)
+  return gating.keep_masks(params, log_alphas, specs, test_gate, **gate_kwargs)
+
+
+# ------------------------------------------------------------------------------------
 # Counts: parameters and multiply-accumulates.
 # ------------------------------------------------------------------------------------
 
@@ -555,10 +692,26 @@ def _output_positions(ops: Sequence[Op], input_shape) -> Dict[str, int]:
       raise ValueError("counts needs input_shape=(H, W, C) (one example, no batch "
                        "axis) for a model with convolutions")
     return {op.name: 1 for op in ops if op.kind == "dense"}
+  return _propagate(ops, input_shape)[0]
+
+
+def _propagate(ops: Sequence[Op], input_shape, in_widths=None):
+  """``(positions per dense / conv op, output shape)`` of one example through ``ops``.
+
+  Raises ValueError where a size becomes non-positive or a select indexes past the
+  features (the widths of dense / conv inputs are checked against the kernels by
+  :func:`check_ops`, and here against ``in_widths``, ``{name: kernel inputs}``).
+  """
   shape = tuple(int(d) for d in input_shape)
   positions = {}
   for op in ops:
+    if in_widths and op.kind in LINEAR_KINDS and shape[-1] != in_widths[op.name]:
+      raise ValueError(f"layer {op.name!r} takes {in_widths[op.name]} inputs, the ops "
+                       f"before it give shape {shape} for input shape "
+                       f"{tuple(input_shape)}")
     if op.kind == "conv":
+      if len(shape) != len(op.kernel_size) + 1:
+        raise ValueError(f"{op} gets an input of shape {shape}")
       strides = op.strides or (1,) * len(op.kernel_size)
       spatial = tuple(_conv_out(d, k, s, op.padding or "VALID")
                       for d, k, s in zip(shape[:-1], op.kernel_size, strides))
@@ -567,21 +720,61 @@ def _output_positions(ops: Sequence[Op], input_shape) -> Dict[str, int]:
     elif op.kind == "dense":
       shape = shape[:-1] + (op.features,)
       positions[op.name] = math.prod(shape[:-1])
-    elif op.kind == "max_pool":
+    elif op.kind in POOL_KINDS:
       strides = op.strides or op.window
       shape = tuple((d - w) // s + 1 for d, w, s in
                     zip(shape[:-1], op.window, strides)) + shape[-1:]
     elif op.kind == "flatten":
       shape = (math.prod(shape),)
-  return positions
+    elif op.kind == "select":
+      if op.indices and max(op.indices) >= shape[-1]:
+        raise ValueError(f"{op} indexes past the {shape[-1]} features")
+      shape = shape[:-1] + (len(op.indices),)
+    if any(d <= 0 for d in shape[:-1]):
+      raise ValueError(f"{op} leaves an empty shape {shape} for input shape "
+                       f"{tuple(input_shape)}")
+  return positions, shape
+
+
+def macs_graph(model: nn.Module, params, input_shape: Sequence[int], *,
+               log_alphas: Optional[Mapping[str, Any]] = None
+               ) -> Dict[str, density.Linear]:
+  """The :class:`l0jax.density.Linear` graph of a registered chain model's MACs.
+
+  For :func:`l0jax.density.macs_density` / :func:`l0jax.density.layer_macs` with
+  ``density.gated_layers(params)``: each dense / conv layer's MACs per example
+  (kernel size times output positions), its inputs kept by its own input gates and by
+  the previous layer's channel gates, its outputs by its own channel gates
+  (unstructured gates as weight gates). A layer without gates is always on.
+  ``log_alphas`` as in :func:`purge`.
+  """
+  params = _with_log_alphas(params, log_alphas)
+  ops = architecture_ops(model)
+  check_ops(ops, params, input_shape=input_shape)
+  positions = _output_positions(ops, input_shape)
+  kinds = {name: layer.kind for name, layer in density.gated_layers(params).items()}
+  graph, prev = {}, None
+  for op in ops:
+    if op.kind not in LINEAR_KINDS:
+      continue
+    kind = kinds.get(op.name)
+    inputs = ((op.name,) if kind == density.INPUTS else ()) + (
+        (prev,) if prev is not None and kinds.get(prev) == density.OUTPUTS else ())
+    graph[op.name] = density.Linear(
+        int(np.prod(params[op.name]["kernel"].shape)) * positions[op.name],
+        inputs=inputs, outputs=(op.name,) if kind == density.OUTPUTS else (),
+        weights=op.name if kind == density.UNSTRUCTURED else None)
+    prev = op.name
+  return graph
 
 
 def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = None,
-           test_gate: Optional[str] = None) -> Dict[str, Any]:
+           test_gate: Optional[str] = None,
+           log_alphas: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Parameters and per-example multiply-accumulates: dense, test-time and purged.
 
   Args:
-    model, params, test_gate: as in :func:`purge`.
+    model, params, test_gate, log_alphas: as in :func:`purge`.
     input_shape: one example's input shape, e.g. ``(28, 28, 1)``; needed for
       convolutions (MACs of a conv are ``out_h * out_w * kh * kw * cin * cout``).
 
@@ -604,8 +797,9 @@ def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = N
     * ``layers``: the same numbers per layer.
   """
   if has_channel_graph(model):
-    return _channel_counts(model, params, input_shape, test_gate)
-  ops, layers = _analyse(model, params, test_gate)
+    return _channel_counts(model, _variables_with_log_alphas(params, log_alphas),
+                           input_shape, test_gate)
+  ops, layers = _analyse(model, _with_log_alphas(params, log_alphas), test_gate)
   positions = _output_positions(ops, input_shape)
   total = dict.fromkeys(
       ["dense_params", "dense_macs", "dense_sparsifiable", "test_time_params",

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from l0jax import constrained as C
+from l0jax import penalty_search
 
 SETTINGS = hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -434,8 +435,9 @@ def test_bilinear_simultaneous_diverges_extragradient_converges():
   d0, extra = _bilinear_distances("extragradient")
   assert np.all(np.diff(np.concatenate([[d0], extra])) < 0)  # shrinks every step
   assert extra[-1] < 1e-3
-  d0, alt = _bilinear_distances("alternating")  # symplectic: bounded, not convergent
-  assert 0.1 * d0 < alt.min() and alt.max() < 10 * d0
+  for scheme in ("dual_primal", "primal_dual"):  # symplectic: bounded, not convergent
+    d0, alt = _bilinear_distances(scheme)
+    assert 0.1 * d0 < alt.min() and alt.max() < 10 * d0
 
 
 # ----------------------------------------------------------------------------------------
@@ -478,9 +480,12 @@ def test_one_step_matches_reference(scheme, formulation):
   w = params["w"]
   if scheme == "simultaneous":
     w_ref, lam_ref = w - lr_p * grad_l(w, lam0), dual_ref(w, lam0)
-  elif scheme == "alternating":
+  elif scheme == "dual_primal":
     lam_ref = dual_ref(w, lam0)
     w_ref = w - lr_p * grad_l(w, lam_ref)
+  elif scheme == "primal_dual":
+    w_ref = w - lr_p * grad_l(w, lam0)
+    lam_ref = dual_ref(w_ref, lam0)
   else:
     w_x, lam_x = w - lr_p * grad_l(w, lam0), dual_ref(w, lam0)
     w_ref, lam_ref = w - lr_p * grad_l(w_x, lam_x), dual_ref(w_x, lam0)
@@ -593,7 +598,7 @@ def test_bisect_penalty_hits_target():
     return float(jnp.sum(x)) / a.sum()
 
   tol = 1e-3
-  lam, history = C.bisect_penalty(run_fn, 0.4, 0.01, 10.0, tol=tol, max_iters=40)
+  lam, history = penalty_search.bisect_penalty(run_fn, 0.4, 0.01, 10.0, tol=tol, max_iters=40)
   assert abs(run_fn(lam) - 0.4) <= tol
   assert abs(lam - 2.4) <= 2 * tol * 2 * a.sum() / 3  # |d lambda / d density| = 4
   assert history[-1][0] == lam and len(history) > 3
@@ -604,15 +609,308 @@ def test_bisect_penalty_hits_target():
 def test_bisect_penalty_errors_and_warning():
   density = lambda lam: 1.0 / (1.0 + lam)
   with pytest.raises(ValueError, match="do not contain the target"):
-    C.bisect_penalty(density, 0.3, 5.0, 10.0)  # density in [0.09, 0.17] < 0.3
+    penalty_search.bisect_penalty(density, 0.3, 5.0, 10.0)  # density in [0.09, 0.17] < 0.3
   with pytest.raises(ValueError, match="0 < lo < hi"):
-    C.bisect_penalty(density, 0.3, 0.0, 10.0)
+    penalty_search.bisect_penalty(density, 0.3, 0.0, 10.0)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    lam, history = C.bisect_penalty(density, 0.3, 0.01, 100.0, tol=1e-9, max_iters=2)
+    lam, history = penalty_search.bisect_penalty(density, 0.3, 0.01, 100.0, tol=1e-9, max_iters=2)
   assert len(history) == 4 and any("closest" in str(w.message) for w in caught)
   # Geometric midpoints: sqrt(0.01 * 100) = 1 (density 0.5 > 0.3), then sqrt(1 * 100).
   np.testing.assert_allclose([h[0] for h in history], [0.01, 100.0, 1.0, 10.0])
   assert lam == min(history, key=lambda h: abs(h[1] - 0.3))[0]
-  lam, _ = C.bisect_penalty(density, 0.3, 0.01, 100.0, tol=1e-6, max_iters=60)
+  lam, _ = penalty_search.bisect_penalty(density, 0.3, 0.01, 100.0, tol=1e-6, max_iters=60)
   np.testing.assert_allclose(lam, 7.0 / 3.0, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------
+# Cooper-grade trajectories in float64: every scheme's update derived by hand in numpy
+#   min ||x - a||^2  s.t.  x0 + x1 <= 1 (active), x2 - x3 <= 2 (inactive), x1 - x3 = 0
+# (tests/cooper_reference.py runs the same problems through Cooper 1.0.1 itself.)
+# ----------------------------------------------------------------------------------------
+
+COOPER_A = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [0.0, 1.0, 0.0, -1.0]])
+COOPER_B = np.array([1.0, 2.0, 0.0])
+COOPER_KINDS = ("ineq", "ineq", "eq")
+COOPER_INEQ = np.array([True, True, False])
+COOPER_TARGET = np.array([1.0, 2.0, -1.0, 0.5])  # the "a" of ||x - a||^2
+COOPER_STEPS = 40
+LR_X, LR_LAM, PENALTY_C = 0.1, 0.3, 0.8
+
+
+def _np_dual(lam, v, state, dual):
+  """One projected dual-ascent step by hand: ``(lambda', state')``.
+
+  SGD: ``lambda + lr v``. nuPI (error e = v, ascent): ``xi_t = nu xi_{t-1} + (1-nu) e``,
+  step ``lr (ki e + kp (xi_t - xi_{t-1}))``; "sgd" init: the first step is ``lr ki e``
+  and leaves ``xi = 0``. Inequality multipliers are clipped at 0 (no restarts).
+  """
+  kind, lr = dual[0], dual[1]
+  if kind == "sgd":
+    step = lr * v
+  else:
+    _, _, kp, ki, nu, init = dual
+    xi_prev, started = state if state is not None else (np.zeros_like(v), init == "zeros")
+    if started:
+      xi = nu * xi_prev + (1 - nu) * v
+      step = lr * (ki * v + kp * (xi - xi_prev))
+    else:
+      xi, step = np.zeros_like(v), lr * ki * v
+    state = (xi, True)
+  new = lam + step
+  return np.where(COOPER_INEQ, np.maximum(new, 0.0), new), state
+
+
+def _np_grad(x, lam, formulation, proxy_a=COOPER_A, b=COOPER_B):
+  """grad_x of the Lagrangian: 2 (x - a) + A^T w, w = lambda or the AL weights."""
+  w = lam
+  if formulation == "augmented_lagrangian":
+    shifted = lam + PENALTY_C * (proxy_a @ x - b)
+    w = np.where(COOPER_INEQ, np.maximum(shifted, 0.0), shifted)
+  return 2 * (x - COOPER_TARGET) + proxy_a.T @ w
+
+
+def _np_trajectory(scheme, formulation, dual, steps=COOPER_STEPS):
+  x, lam, state = np.zeros(4), np.zeros(3), None
+  xs, lams = [], []
+  for _ in range(steps):
+    v = COOPER_A @ x - COOPER_B
+    if scheme == "simultaneous":
+      new_x = x - LR_X * _np_grad(x, lam, formulation)
+      lam, state = _np_dual(lam, v, state, dual)
+    elif scheme == "dual_primal":
+      lam, state = _np_dual(lam, v, state, dual)
+      new_x = x - LR_X * _np_grad(x, lam, formulation)
+    elif scheme == "primal_dual":
+      new_x = x - LR_X * _np_grad(x, lam, formulation)
+      lam, state = _np_dual(lam, COOPER_A @ new_x - COOPER_B, state, dual)
+    else:  # extragradient (SGD duals): gradients at the extrapolated point
+      x_tilde = x - LR_X * _np_grad(x, lam, formulation)
+      lam_tilde, _ = _np_dual(lam, v, state, dual)
+      new_x = x - LR_X * _np_grad(x_tilde, lam_tilde, formulation)
+      lam, state = _np_dual(lam, COOPER_A @ x_tilde - COOPER_B, state, dual)
+    x = new_x
+    xs.append(x)
+    lams.append(lam)
+  return np.array(xs), np.array(lams)
+
+
+def _jax_dual(problem, dual):
+  if dual[0] == "sgd":
+    inner = optax.sgd(dual[1])
+  else:
+    _, lr, kp, ki, nu, init = dual
+    inner = C.nupi(lr, kp=kp, ki=ki, ema_nu=nu, init=init)
+  return C.dual_optimizer(problem, inner, restarts=False)
+
+
+def _jax_trajectory(scheme, formulation, dual, steps=COOPER_STEPS):
+  c = PENALTY_C if formulation == "augmented_lagrangian" else None
+  problem = C.Problem(tuple(COOPER_B), COOPER_KINDS, formulation, c)
+  dual_tx = _jax_dual(problem, dual)
+  primal = optax.sgd(LR_X)
+  A, a = jnp.asarray(COOPER_A), jnp.asarray(COOPER_TARGET)
+  fn = lambda x: (jnp.sum((x - a) ** 2), A @ x, None)
+  step = C.make_update(problem, primal, dual_tx, scheme)
+
+  @jax.jit
+  def run(x0):
+    def body(carry, _):
+      x, o, s = carry
+      x, o, s, _ = step(fn, x, o, s)
+      return (x, o, s), (x, s.multipliers)
+    return jax.lax.scan(body, (x0, primal.init(x0), C.init(problem, dual_tx)), None,
+                        length=steps)[1]
+
+  return run(jnp.zeros(4, jnp.float64))
+
+
+COOPER_CASES = [
+    ("simultaneous", "lagrangian", ("sgd", LR_LAM)),
+    ("dual_primal", "lagrangian", ("sgd", LR_LAM)),
+    ("primal_dual", "lagrangian", ("sgd", LR_LAM)),
+    ("extragradient", "lagrangian", ("sgd", LR_LAM)),
+    ("primal_dual", "augmented_lagrangian", ("sgd", PENALTY_C)),
+    ("simultaneous", "augmented_lagrangian", ("sgd", PENALTY_C)),
+    ("simultaneous", "lagrangian", ("nupi", LR_LAM, 2.0, 1.0, 0.0, "zeros")),
+    ("simultaneous", "lagrangian", ("nupi", LR_LAM, 2.0, 1.0, 0.0, "sgd")),
+    ("dual_primal", "lagrangian", ("nupi", LR_LAM, 1.5, 0.5, 0.3, "zeros")),
+    ("primal_dual", "lagrangian", ("nupi", LR_LAM, 1.5, 0.5, 0.3, "sgd")),
+]
+
+
+@pytest.mark.parametrize("scheme, formulation, dual", COOPER_CASES)
+def test_float64_trajectory_matches_hand_derived_updates(scheme, formulation, dual):
+  want_x, want_lam = _np_trajectory(scheme, formulation, dual)
+  with jax.enable_x64(True):
+    got_x, got_lam = _jax_trajectory(scheme, formulation, dual)
+    assert got_x.dtype == got_lam.dtype == jnp.float64
+  np.testing.assert_allclose(got_x, want_x, rtol=0, atol=1e-10)
+  np.testing.assert_allclose(got_lam, want_lam, rtol=0, atol=1e-10)
+  # The trajectory goes somewhere: the active multiplier moved, the inactive one is 0.
+  assert want_lam[-1, 0] > 0.5 and want_lam[-1, 1] == 0.0
+
+
+def test_float64_converges_to_the_kkt_point_to_1e_10():
+  # KKT by hand, with x0 + x1 = 1 and x1 - x3 = 0 active: stationarity
+  # 2 (x - a) + l (1, 1, 0, 0) + m (0, 1, 0, -1) = 0 gives x = a - (l, l + m, 0, -m) / 2,
+  # and the two constraints give [[1, 1/2], [1/2, 1]] (l, m) = (a0 + a1 - 1, a1 - a3).
+  a = COOPER_TARGET
+  l, m = np.linalg.solve([[1.0, 0.5], [0.5, 1.0]], [a[0] + a[1] - 1.0, a[1] - a[3]])
+  x_star = a - np.array([l, l + m, 0.0, -m]) / 2
+  assert l > 0 and x_star[2] - x_star[3] < 2  # first active, second inactive
+  with jax.enable_x64(True):
+    xs, lams = _jax_trajectory("dual_primal", "lagrangian", ("sgd", LR_LAM), steps=1500)
+  np.testing.assert_allclose(xs[-1], x_star, rtol=0, atol=1e-10)
+  np.testing.assert_allclose(lams[-1], [l, 0.0, m], rtol=0, atol=1e-10)
+
+
+def test_dtype_follows_inputs():
+  problem = C.Problem((1.0, 2.0))
+  assert C.init(problem, 0.1).multipliers.dtype == jnp.float32
+  assert C.init(problem, 0.1, dtype=jnp.bfloat16).multipliers.dtype == jnp.bfloat16
+  assert C.violations(jnp.ones(2, jnp.bfloat16), problem).dtype == jnp.float32
+  with jax.enable_x64(True):
+    state = C.init(problem, C.nupi(0.1, kp=1.0))
+    assert state.multipliers.dtype == jnp.float64
+    assert state.dual_state.xi.dtype == jnp.float64
+    v = C.violations(jnp.ones(2, jnp.float64), problem)
+    assert v.dtype == jnp.float64
+    # A target that float32 cannot hold survives: 1 + 1e-12 - 1 is 1e-12, not 0.
+    fine = C.Problem((1.0 + 1e-12,))
+    assert float(C.violations(jnp.ones(1, jnp.float64), fine)[0]) == pytest.approx(
+        -1e-12, rel=1e-3)
+    new = C.dual_step(state, jnp.ones(2, jnp.float64), problem, C.nupi(0.1, kp=1.0))
+    assert new.multipliers.dtype == jnp.float64
+
+
+# ----------------------------------------------------------------------------------------
+# Named constraints, run-time targets, proxies
+# ----------------------------------------------------------------------------------------
+
+
+def test_named_constraints_equal_positional_ones():
+  named = C.Problem({"sum": 1.0, "diff": 2.0, "link": 0.0}, kinds={"link": "eq"})
+  assert named.names == ("sum", "diff", "link") and named.kinds == COOPER_KINDS
+  positional = C.Problem(tuple(COOPER_B), COOPER_KINDS)
+  A, a = jnp.asarray(COOPER_A, jnp.float32), jnp.asarray(COOPER_TARGET, jnp.float32)
+  fns = {
+      named: lambda x: (jnp.sum((x - a) ** 2),
+                        {"link": (A @ x)[2], "sum": (A @ x)[0], "diff": (A @ x)[1]}, None),
+      positional: lambda x: (jnp.sum((x - a) ** 2), A @ x, None),
+  }
+  results = []
+  for problem, fn in fns.items():
+    dual = C.dual_optimizer(problem, 0.3, restarts=False)
+    step = jax.jit(C.make_update(problem, optax.sgd(0.1), dual), static_argnums=0)
+    x, o, s = jnp.zeros(4), optax.sgd(0.1).init(jnp.zeros(4)), C.init(problem, dual)
+    for _ in range(5):
+      x, o, s, m = step(fn, x, o, s)
+    results.append((x, s.multipliers))
+  np.testing.assert_array_equal(results[0][0], results[1][0])
+  np.testing.assert_array_equal(results[0][1], results[1][1])
+  assert set(named.named(results[0][1])) == {"sum", "diff", "link"}
+  np.testing.assert_array_equal(named.named(results[0][1])["link"], results[0][1][2])
+  with pytest.raises(ValueError, match="keys"):
+    C.violations({"sum": 1.0}, named)
+  with pytest.raises(ValueError, match="no names"):
+    C.violations({"sum": 1.0}, C.Problem((1.0,)))
+  with pytest.raises(ValueError, match="unknown constraints"):
+    C.Problem({"sum": 1.0}, kinds={"other": "eq"})
+
+
+def test_run_time_targets_follow_a_schedule_under_jit():
+  """Targets passed to each step (here a linear schedule inside a jitted scan)."""
+  schedule = lambda t: COOPER_B + jnp.asarray([0.05, 0.0, -0.02]) * t
+  problem = C.Problem(tuple(COOPER_B), COOPER_KINDS)
+  with jax.enable_x64(True):
+    dual = C.dual_optimizer(problem, LR_LAM, restarts=False)
+    primal = optax.sgd(LR_X)
+    A, a = jnp.asarray(COOPER_A), jnp.asarray(COOPER_TARGET)
+    step = C.make_update(problem, primal, dual, "simultaneous")
+    fn = lambda x: (jnp.sum((x - a) ** 2), A @ x, None)
+
+    @jax.jit
+    def run(x0):
+      def body(carry, t):
+        x, o, s = carry
+        x, o, s, m = step(fn, x, o, s, targets=schedule(t))
+        return (x, o, s), (x, s.multipliers, m["violations"])
+      return jax.lax.scan(body, (x0, primal.init(x0), C.init(problem, dual)),
+                          jnp.arange(20, dtype=jnp.float64))[1]
+
+    xs, lams, vs = run(jnp.zeros(4))
+  x, lam = np.zeros(4), np.zeros(3)
+  for t in range(20):
+    b = COOPER_B + np.array([0.05, 0.0, -0.02]) * t
+    v = COOPER_A @ x - b
+    np.testing.assert_allclose(vs[t], v, rtol=0, atol=1e-12)
+    x = x - LR_X * (2 * (x - COOPER_TARGET) + COOPER_A.T @ lam)
+    lam = lam + LR_LAM * v
+    lam = np.where(COOPER_INEQ, np.maximum(lam, 0.0), lam)
+    np.testing.assert_allclose(xs[t], x, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(lams[t], lam, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_proxy_drives_the_primal_and_the_true_value_the_dual(per_entry):
+  """Proxy x0 + x1 for the primal; the dual sees the quantised floor(4 (x0 + x1)) / 4,
+  which has no gradient at all (Cotter et al.'s proxy-Lagrangian)."""
+  problem = C.Problem({"sum": 1.0, "diff": 2.0, "link": 0.0}, kinds={"link": "eq"})
+  A, a = jnp.asarray(COOPER_A), jnp.asarray(COOPER_TARGET)
+
+  def fn(x):
+    g = A @ x
+    hard = jnp.floor(4 * g[0]) / 4
+    if per_entry:
+      values = {"sum": C.Proxy(g[0], hard), "diff": g[1], "link": g[2]}
+    else:
+      values = C.Proxy(g, g.at[0].set(hard))
+    return jnp.sum((x - a) ** 2), values, None
+
+  with jax.enable_x64(True):
+    dual = C.dual_optimizer(problem, LR_LAM, restarts=False)
+    step = jax.jit(C.make_update(problem, optax.sgd(LR_X), dual), static_argnums=0)
+    x, o, s = jnp.zeros(4), optax.sgd(LR_X).init(jnp.zeros(4)), C.init(problem, dual)
+    got = []
+    for _ in range(15):
+      x, o, s, m = step(fn, x, o, s)
+      got.append((np.asarray(x), np.asarray(s.multipliers), m))
+  xr, lam = np.zeros(4), np.zeros(3)
+  for gx, glam, m in got:
+    g = COOPER_A @ xr
+    true = g.copy()
+    true[0] = np.floor(4 * g[0]) / 4
+    np.testing.assert_allclose(m["constraint_values"], true, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(m["proxy_values"], g, rtol=0, atol=1e-12)
+    xr = xr - LR_X * (2 * (xr - COOPER_TARGET) + COOPER_A.T @ lam)
+    lam = lam + LR_LAM * (true - COOPER_B)
+    lam = np.where(COOPER_INEQ, np.maximum(lam, 0.0), lam)
+    np.testing.assert_allclose(gx, xr, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(glam, lam, rtol=0, atol=1e-10)
+  assert got[-1][1][0] > 0  # the non-differentiable constraint still moved lambda
+
+
+def test_nupi_init_option_first_steps():
+  problem = C.Problem((0.0,), "eq")
+  vs = [1.0, 2.0, -1.0]
+  for init, want in (("zeros", [0.3 * (1 + 2) * 1.0]), ("sgd", [0.3 * 1.0])):
+    dual = C.dual_optimizer(problem, C.nupi(0.3, kp=2.0, init=init))
+    state = C.dual_step(C.init(problem, dual), [vs[0]], problem, dual)
+    np.testing.assert_allclose(state.multipliers, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="init"):
+    C.nupi(0.1, init="ones")
+
+
+def test_nupi_sgd_init_restarts_to_a_fresh_controller():
+  """After a dual restart, an "sgd" controller's next step is plain SGD again."""
+  problem = C.Problem((0.0,))
+  dual = C.dual_optimizer(problem, C.nupi(0.5, kp=3.0, init="sgd"), restarts=True)
+  state = C.init(problem, dual)
+  for v in (1.0, 2.0):
+    state = C.dual_step(state, [v], problem, dual)
+  assert bool(state.dual_state.started[0])
+  state = C.dual_step(state, [-1.0], problem, dual)  # strictly satisfied: restart
+  assert float(state.multipliers[0]) == 0.0 and not bool(state.dual_state.started[0])
+  state = C.dual_step(state, [0.4], problem, dual)
+  np.testing.assert_allclose(state.multipliers, [0.5 * 0.4], rtol=1e-6)  # SGD step

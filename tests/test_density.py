@@ -46,9 +46,9 @@ def test_gated_layers_structure_and_order():
   assert list(layers) == ["encoder/block_2", "encoder/block_10", "head"]
   conv, dense, head = layers.values()
   assert (conv.kind, conv.group_size, conv.num_sparsifiable) == (
-      density.CONV_CHANNELS, 2 * 2 * 1 + 1, 10)
+      density.OUTPUTS, 2 * 2 * 1 + 1, 10)
   assert (dense.kind, dense.group_size, dense.num_sparsifiable) == (
-      density.DENSE_INPUTS, 2, 6)
+      density.INPUTS, 2, 6)
   assert (head.kind, head.group_size, head.num_sparsifiable) == (
       density.UNSTRUCTURED, 1, 4)
 
@@ -243,3 +243,143 @@ def test_cascade_all_open_is_one_and_jits_and_differentiates():
   # Saturated gates keep finite gradients.
   grads = jax.grad(density.cascade_expected_density)(open_params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+# ------------------------------------------------------------------ naming-free core
+
+def test_gated_layer_dicts_work_without_params_and_under_jit_and_grad():
+  """Log-alphas from anywhere (a generator network, a separate pytree) + group sizes."""
+  la_a, la_b = jnp.array([0.5, -1.0, 2.0]), jnp.array([[1.0, -3.0], [0.0, 4.0]])
+  layers = {"a": density.GatedLayer(la_a, group_size=7),
+            "heads": density.GatedLayer(la_b, group_size=3)}
+  pa = [p_open(float(v)) for v in la_a]
+  pb = [p_open(float(v)) for v in np.ravel(la_b)]
+  want = (sum(pa) * 7 + sum(pb) * 3) / (3 * 7 + 4 * 3)
+  np.testing.assert_allclose(density.expected_density(layers), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(density.expected_density)(layers), want, rtol=1e-6)
+  grad = jax.grad(lambda ls: density.expected_density(ls))(layers)
+  assert isinstance(grad["a"], density.GatedLayer) and grad["a"].group_size == 7
+  # d/da of sum p * 7 / 33 = 7 p (1 - p) / 33
+  np.testing.assert_allclose(grad["a"].log_alpha,
+                             [7 * p * (1 - p) / 33 for p in pa], rtol=1e-5)
+  swapped = layers["a"].replace(log_alpha=jnp.full(3, 50.0))
+  assert swapped.group_size == 7 and float(density.expected_density({"a": swapped})) == 1.0
+  report = density.density_report(layers)
+  assert report.total_units == {"a": 3, "heads": 4}
+  assert report.num_sparsifiable == {"a": 21, "heads": 12}
+
+
+def test_flax_layers_and_nnx_layers_give_the_same_report():
+  from flax import nnx
+  from l0jax import nnx as l0nnx
+  model = l0nnx.L0Linear(5, 3, rngs=nnx.Rngs(0))
+  state = nnx.state(model, nnx.Param)
+  linen = {"kernel": state["kernel"][...], "bias": state["bias"][...],
+           "log_alpha": state["log_alpha"][...]}
+  a, b = density.density_report(linen), density.density_report(state)
+  assert list(density.gated_layers(state)) == list(density.gated_layers(linen)) == [""]
+  np.testing.assert_allclose(b.model_expected, a.model_expected, rtol=1e-7)
+  assert b.num_sparsifiable == a.num_sparsifiable
+
+
+def macs_graph():
+  L = density.Linear
+  return {
+      "conv1": L(80, outputs=("c1",)),
+      "conv2": L(120, inputs=("c1",), outputs=("c2",)),
+      "fc1": L(24, inputs=("fc1", "c2")),              # own inputs AND channel (tiled)
+      "fc2": L(8, inputs=("fc2",)),
+      "res": L(50, inputs=(("c1", "c1b"),)),          # a residual sum: either branch
+      "sparse": L(30, inputs=("c2",), weights="w"),    # unstructured (3, 2) weights
+  }
+
+
+def macs_layers():
+  la = {"c1": [1.0, -2.0], "c2": [0.5, 3.0, -1.0], "fc1": [2.0, -3.0, 0.0, 1.0, -0.5, 4.0],
+        "fc2": [-1.0, 1.5, 0.2, -4.0], "c1b": [-3.0, 0.7],
+        "w": [[1.0, -1.0], [0.0, 2.0], [-3.0, 0.5]]}
+  return {k: density.GatedLayer(jnp.asarray(v), 1) for k, v in la.items()}, la
+
+
+@pytest.mark.parametrize("test_gate", [None, "median"])
+def test_macs_by_hand(test_gate):
+  layers, la = macs_layers()
+  if test_gate is None:
+    p = {k: np.vectorize(p_open)(np.asarray(v)) for k, v in la.items()}
+  else:
+    p = {k: (np.vectorize(median_gate)(np.asarray(v)) > 0) * 1.0 for k, v in la.items()}
+  c1, c2, fc1, fc2, c1b, w = (p[k] for k in ("c1", "c2", "fc1", "fc2", "c1b", "w"))
+  want = {
+      "conv1": 80 * c1.mean(),
+      "conv2": 120 * c1.mean() * c2.mean(),
+      "fc1": 24 * np.mean([fc1[i] * c2[i % 3] for i in range(6)]),
+      "fc2": 8 * fc2.mean(),
+      "res": 50 * np.mean(1 - (1 - c1) * (1 - c1b)),
+      "sparse": 30 * np.mean(w * c2[:, None]),
+  }
+  got = density.layer_macs(macs_graph(), layers, test_gate)
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+  np.testing.assert_allclose(density.macs_density(macs_graph(), layers, test_gate),
+                             sum(want.values()) / (80 + 120 + 24 + 8 + 50 + 30),
+                             rtol=1e-6)
+
+
+def test_macs_density_is_differentiable_jits_and_checks_names():
+  layers, _ = macs_layers()
+  graph = macs_graph()
+  f = lambda ls: density.macs_density(graph, ls)
+  np.testing.assert_allclose(jax.jit(f)(layers), f(layers), rtol=1e-6)
+  grads = jax.grad(f)(layers)
+  assert all(np.all(np.asarray(g.log_alpha) > 0) for g in grads.values())
+  with pytest.raises(ValueError, match="'nope'"):
+    density.macs_density({"x": density.Linear(4, inputs=("nope",))}, layers)
+  with pytest.raises(ValueError, match="tiled"):
+    density.macs_density({"x": density.Linear(4, inputs=("c1", "c2"))}, layers)
+
+
+def test_macs_of_stacked_layers_average_per_layer():
+  la = jnp.array([[40.0, 40.0], [-40.0, -40.0]])  # layer 0 open, layer 1 closed
+  lb = jnp.array([[40.0, -40.0], [40.0, 40.0]])
+  layers = {"in": density.GatedLayer(la, 1), "out": density.GatedLayer(lb, 1)}
+  got = density.layer_macs({"stack": density.Linear(100, ("in",), ("out",))}, layers)
+  # layer 0: 1 * 0.5, layer 1: 0 * 1; mean over the stack of 2.
+  np.testing.assert_allclose(got["stack"], 100 * (0.5 + 0.0) / 2, rtol=1e-6)
+
+
+def test_layer_specs_bridge_matches_the_layers_gating():
+  params = hand_params()
+  specs, la = density.layer_specs(params)
+  by_specs = density.gated_layers(params, specs, la)
+  by_names = density.gated_layers(params)
+  assert [by_names[k.rsplit("/", 1)[0]].num_sparsifiable for k in by_specs] == [
+      l.num_sparsifiable for l in by_specs.values()]
+  np.testing.assert_allclose(density.expected_density(by_specs),
+                             density.expected_density(params), rtol=1e-6)
+
+
+def test_stacked_layers_in_the_layer_convention():
+  """nn.scan stacks: (L, in) gates on (L, in, out) kernels, (L, out) on conv stacks."""
+  la = jnp.array([[2.0, -1.0, 0.5], [-3.0, 1.0, 4.0]])
+  dense = {"kernel": jnp.ones((2, 3, 5)), "log_alpha": la}
+  conv = {"kernel": jnp.ones((2, 3, 3, 4, 3)), "bias": jnp.ones((2, 3)), "log_alpha": la}
+  layers = density.gated_layers({"dense": dense, "conv": conv})
+  assert (layers["dense"].kind, layers["dense"].group_size) == (density.INPUTS, 5)
+  assert (layers["conv"].kind, layers["conv"].group_size) == (density.OUTPUTS, 37)
+  p = np.vectorize(p_open)(np.asarray(la))
+  got = density.layer_expected_densities(layers)
+  np.testing.assert_allclose(got["dense"], p.mean(), rtol=1e-6)
+  np.testing.assert_allclose(got["conv"], p.mean(), rtol=1e-6)
+  # The bridge to the path API gates the same slices.
+  from l0jax import gating
+  specs, log_alphas = density.layer_specs({"dense": dense, "conv": conv})
+  gated = gating.apply_gates({"dense": dense, "conv": conv}, log_alphas, specs,
+                             deterministic=True)
+  z = np.vectorize(median_gate)(np.asarray(la))
+  np.testing.assert_allclose(gated["dense"]["kernel"], np.broadcast_to(
+      z[:, :, None], (2, 3, 5)), rtol=1e-6)
+  np.testing.assert_allclose(gated["conv"]["bias"], z, rtol=1e-6)
+  np.testing.assert_allclose(gated["conv"]["kernel"][:, 1, 2, 0], z, rtol=1e-6)
+  with pytest.raises(ValueError, match="stacked"):
+    density.cascade_expected_density({"dense": dense})

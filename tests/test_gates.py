@@ -335,3 +335,84 @@ def test_gradient_wrt_uniform_matches_finite_differences(rng):
                                ).sum())(jnp.asarray(u))
     fd = _central_difference(lambda v: (np_sample(v, log_alpha) ** 2).sum(), u)
   np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-5, atol=1e-9)
+
+
+# ---------------------------------------------------------------- forward mode, edges
+def test_forward_mode_matches_reverse_mode_and_finite_differences(rng):
+  log_alpha = rng.normal(0, 1, size=5)
+  u = rng.uniform(0.05, 0.95, size=(3, 5))
+  with jax.enable_x64(True):
+    f = lambda a: gates.hard_concrete_from_uniform(jnp.asarray(u), a)
+    forward = jax.jacfwd(f)(jnp.asarray(log_alpha))
+    reverse = jax.jacrev(f)(jnp.asarray(log_alpha))
+    np.testing.assert_allclose(forward, reverse, rtol=1e-12, atol=0)
+    tangent = rng.normal(size=5)
+    _, jvp = jax.jvp(f, (jnp.asarray(log_alpha),), (jnp.asarray(tangent),))
+    fd = (np_sample(u, log_alpha + 1e-6 * tangent)
+          - np_sample(u, log_alpha - 1e-6 * tangent)) / 2e-6
+    np.testing.assert_allclose(jvp, fd, rtol=1e-5, atol=1e-9)
+    # Tangents in the noise too (the reparameterised sample is differentiable in u).
+    du = rng.normal(size=(3, 5))
+    _, jvp_u = jax.jvp(lambda v: gates.hard_concrete_from_uniform(v, log_alpha),
+                       (jnp.asarray(u),), (jnp.asarray(du),))
+    fd_u = (np_sample(u + 1e-7 * du, log_alpha)
+            - np_sample(u - 1e-7 * du, log_alpha)) / 2e-7
+    np.testing.assert_allclose(jvp_u, fd_u, rtol=1e-5, atol=1e-8)
+  z, tz = jax.jvp(lambda a: gates.hard_concrete_sample(jax.random.key(0), a, (4, 5)),
+                  (jnp.zeros(5),), (jnp.ones(5),))
+  assert z.shape == tz.shape == (4, 5)
+
+
+def test_zero_size_batch_gives_empty_gates_and_zero_gradients():
+  log_alpha = jnp.linspace(-1.0, 1.0, 5)
+  z = gates.hard_concrete_sample(jax.random.key(0), log_alpha, (0, 5))
+  assert z.shape == (0, 5)
+  for fn in (lambda a: gates.hard_concrete_sample(jax.random.key(0), a, (0, 5)).sum(),
+             lambda a: gates.gate(a, jax.random.key(0), (0,)).sum()):
+    g = jax.grad(fn)(log_alpha)
+    np.testing.assert_array_equal(g, np.zeros(5))
+    np.testing.assert_array_equal(jax.jit(jax.grad(fn))(log_alpha), np.zeros(5))
+  empty = jnp.zeros((0,))
+  assert gates.prob_nonzero(empty).shape == (0,)
+  assert jax.grad(lambda a: gates.deterministic_gate(a).sum())(empty).shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["sample", "from_uniform", "gate", "prob_nonzero",
+                                  "median", "eq13"])
+def test_nan_log_alpha_gives_nan_value_and_nan_gradient(name):
+  """One rule everywhere: NaN in, NaN out (value and gradient); others unaffected."""
+  fns = {
+      "sample": lambda a: gates.hard_concrete_sample(jax.random.key(0), a, (3, 2)),
+      "from_uniform": lambda a: gates.hard_concrete_from_uniform(
+          jnp.full((3, 2), 0.5), a),
+      "gate": lambda a: gates.gate(a, jax.random.key(1), (3,)),
+      "prob_nonzero": gates.prob_nonzero,
+      "median": lambda a: gates.deterministic_gate(a, "median"),
+      "eq13": lambda a: gates.deterministic_gate(a, "eq13"),
+  }
+  fn = fns[name]
+  log_alpha = jnp.array([jnp.nan, 0.5])
+  value = np.asarray(fn(log_alpha)).reshape(-1, 2)
+  assert np.all(np.isnan(value[:, 0])) and np.all(np.isfinite(value[:, 1]))
+  for grad in (jax.grad(lambda a: fn(a).sum())(log_alpha),
+               jax.jit(jax.grad(lambda a: fn(a).sum()))(log_alpha)):
+    assert np.isnan(grad[0]) and np.isfinite(grad[1])
+  _, tangent = jax.jvp(fn, (log_alpha,), (jnp.ones(2),))
+  assert np.all(np.isnan(np.asarray(tangent).reshape(-1, 2)[:, 0]))
+
+
+def test_gate_has_one_rank_in_training_and_at_test_time(rng):
+  log_alpha = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+  key = jax.random.key(3)
+  train = gates.gate(log_alpha, key, (6,))
+  np.testing.assert_array_equal(
+      train, gates.hard_concrete_sample(key, log_alpha, (6, 4)))
+  test = gates.gate(log_alpha, None, (6,), deterministic=True, test_gate="eq13")
+  assert test.shape == (1, 4)
+  np.testing.assert_allclose(test[0], np_test_gate(np.asarray(log_alpha, np.float64),
+                                                   "eq13"), atol=1e-6)
+  activations = jnp.ones((6, 5, 4))
+  assert (activations * train[:, None]).shape == (activations * test[:, None]).shape
+  assert gates.gate(log_alpha, key).shape == (4,)
+  with pytest.raises(ValueError, match="PRNG key"):
+    gates.gate(log_alpha)

@@ -382,3 +382,42 @@ def test_per_batch_conv_gates_folded_into_kernel_give_the_formula(use_bias):
   grads = [jax.vjp(f, params, x)[1](cotangent) for f in (folded, formula)]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_per_example_noise_order_is_pinned_for_the_mlp_and_natural_for_any_dict():
+  """The trainer's noise stream: one flat draw per example split fc1, fc2, fc3 (the
+  order every logged result was trained with), whatever the dict order."""
+  from l0jax import layers
+  from l0jax.models import MLP
+  shapes = jax.eval_shape(MLP().init, KEYS, jnp.zeros((1, 28, 28, 1)))["params"]
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  keys = jax.random.split(jax.random.key(4), 3)
+  flat = jax.vmap(lambda k: jax.random.uniform(k, (784 + 300 + 100,)))(keys)
+  reordered = {name: params[name] for name in ("fc3", "fc1", "fc2")}
+  for p in (params, reordered):
+    noise = layers.per_example_noise(keys, p)
+    np.testing.assert_array_equal(noise["fc1"]["uniform"], flat[:, :784])
+    np.testing.assert_array_equal(noise["fc2"]["uniform"], flat[:, 784:1084])
+    np.testing.assert_array_equal(noise["fc3"]["uniform"], flat[:, 1084:])
+  # Natural order: block_2 before block_10 (a lexicographic sort would swap them).
+  two = {"block_10": {"kernel": jnp.zeros((2, 1)), "log_alpha": jnp.zeros(2)},
+         "block_2": {"kernel": jnp.zeros((3, 1)), "log_alpha": jnp.zeros(3)}}
+  noise = layers.per_example_noise(keys, two)
+  flat = jax.vmap(lambda k: jax.random.uniform(k, (5,)))(keys)
+  np.testing.assert_array_equal(noise["block_2"]["uniform"], flat[:, :3])
+  np.testing.assert_array_equal(noise["block_10"]["uniform"], flat[:, 3:])
+
+
+def test_per_example_unstructured_gates_warn_with_the_measured_cost():
+  x = jnp.ones((2, 3))
+  layer = L0Dense(2, unstructured=True)
+  variables = layer.init(KEYS, x, deterministic=True)
+  with pytest.warns(UserWarning, match=r"12 hard-concrete samples.*242 ms.*0\.94 ms"):
+    layer.apply(variables, x, rngs={"gates": KEYS["gates"]}, deterministic=False)
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # per-batch unstructured and structured: silent
+    L0Dense(2, unstructured=True, sample_per_example=False).apply(
+        variables, x, rngs={"gates": KEYS["gates"]}, deterministic=False)
+    L0Dense(2).apply(L0Dense(2).init(KEYS, x, deterministic=True), x,
+                     rngs={"gates": KEYS["gates"]}, deterministic=False)

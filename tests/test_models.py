@@ -22,7 +22,7 @@ def test_mlp_paper_architecture_and_groups():
   assert list(layers) == ["fc1", "fc2", "fc3"]
   assert [l.log_alpha.shape for l in layers.values()] == [(784,), (300,), (100,)]
   assert [l.group_size for l in layers.values()] == [300, 100, 10]
-  assert [l.kind for l in layers.values()] == [density.DENSE_INPUTS] * 3
+  assert [l.kind for l in layers.values()] == [density.INPUTS] * 3
 
 
 def test_mlp_droprates():
@@ -39,8 +39,8 @@ def test_lenet_paper_architecture_and_groups():
   assert list(layers) == ["conv1", "conv2", "fc1", "fc2"]
   # "20-50-800-500": the units each gated layer can drop.
   assert [l.log_alpha.shape[0] for l in layers.values()] == [20, 50, 800, 500]
-  assert [l.kind for l in layers.values()] == [density.CONV_CHANNELS] * 2 + [
-      density.DENSE_INPUTS] * 2
+  assert [l.kind for l in layers.values()] == [density.OUTPUTS] * 2 + [
+      density.INPUTS] * 2
   assert [l.group_size for l in layers.values()] == [25 + 1, 25 * 20 + 1, 500, 10]
   assert variables["params"]["fc1"]["kernel"].shape == (800, 500)
 

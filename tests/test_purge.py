@@ -2,12 +2,13 @@
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l0jax import density, gates, purge
+from l0jax import density, gates, gating, layers, purge
 from l0jax.models import LeNet5Caffe, MLP
 
 OPEN, CLOSED = 30.0, -30.0  # test-time gate exactly 1 / exactly 0 in both modes
@@ -329,6 +330,157 @@ def test_bad_inputs_raise_clearly():
     purge.architecture_ops(purge.PurgedModel(ops=()))
   with pytest.raises(ValueError, match="unknown op kind"):
     purge.PurgedModel.from_spec([{"kind": "softmax"}])
-  with pytest.raises(ValueError, match="no layer 'fc3'"):
+  with pytest.raises(ValueError, match=r"params do not have.*'fc3'|'fc3'.*params do not"):
     purge.purge(SMALL_MLP, {k: v for k, v in _init(SMALL_MLP, X28).items()
                             if k != "fc3"})
+
+
+# ------------------------------------------------------------------ op lists, avg_pool
+
+
+class AvgPoolNet(nn.Module):
+  """A gated conv -> relu -> avg pool -> flatten -> gated dense model of one's own."""
+  channels: int = 4
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = False):
+    x = layers.L0Conv(self.channels, (3, 3), padding="VALID", name="conv")(
+        x, deterministic=deterministic)
+    x = nn.avg_pool(nn.relu(x), (2, 2), (2, 2))
+    x = x.reshape((x.shape[0], -1))
+    return layers.L0Dense(3, name="fc")(x, deterministic=deterministic)
+
+
+def _avg_pool_ops(model):
+  return [purge.Op("conv", name="conv", features=model.channels, kernel_size=(3, 3),
+                   strides=(1, 1), padding="VALID"),
+          purge.Op("relu"), purge.Op("avg_pool", window=(2, 2), strides=(2, 2)),
+          purge.Op("flatten"), purge.Op("dense", name="fc", features=3)]
+
+
+def test_avg_pool_model_registers_purges_and_counts():
+  purge.register_architecture(AvgPoolNet, _avg_pool_ops, input_shape=(10, 10, 1))
+  model = AvgPoolNet()
+  x = X28[:, :10, :10]
+  params = _init(model, x)
+  params = _with(params, {"conv": [OPEN, CLOSED, 0.4, CLOSED],
+                          "fc": np.where(np.arange(64) % 3 == 0, CLOSED, OPEN)}, seed=3)
+  small, _, _ = _assert_equal_outputs(model, params, x)
+  assert [op.kind for op in small.ops].count("avg_pool") == 1
+  c = purge.counts(model, params, input_shape=(10, 10, 1))
+  assert c["architecture"] == "2-" + str(2 * 16 - sum(
+      1 for i in range(64) if i % 3 == 0 and i % 4 in (0, 2)))
+  assert c["layers"]["conv"]["dense_macs"] == 8 * 8 * 9 * 4
+
+
+def test_register_architecture_checks_the_op_list_against_the_model():
+  def only_conv(model):
+    return _avg_pool_ops(model)[:3]
+
+  with pytest.raises(ValueError, match=r"\['fc'\] are in no op"):
+    purge.register_architecture(AvgPoolNet, only_conv, input_shape=(10, 10, 1))
+
+  def wrong_pool(model):  # a 3x3 pool leaves 2x2x4 = 16 inputs for fc's 64
+    ops = _avg_pool_ops(model)
+    ops[2] = purge.Op("avg_pool", window=(3, 3), strides=(3, 3))
+    return ops
+
+  with pytest.raises(ValueError, match="fc.*takes 64 inputs"):
+    purge.register_architecture(AvgPoolNet, wrong_pool, input_shape=(10, 10, 1))
+
+  def softmax_op(model):
+    return _avg_pool_ops(model) + [purge.Op("softmax")]
+
+  with pytest.raises(ValueError, match="unknown op kind 'softmax'"):
+    purge.register_architecture(AvgPoolNet, softmax_op, input_shape=(10, 10, 1))
+
+
+def test_check_ops_without_input_shape_checks_structure_and_widths():
+  params = _init(SMALL_MLP, X28)
+  ops = purge.architecture_ops(SMALL_MLP)
+  purge.check_ops(ops, params)  # the registered MLP is fine
+  with pytest.raises(ValueError, match=r"\['fc2', 'fc3'\] are in no op"):
+    purge.check_ops(ops[:2], params)  # the issue's op list with only fc1
+  swapped = list(ops)
+  swapped[3], swapped[5] = swapped[5], swapped[3]  # fc2 and fc3 out of order
+  with pytest.raises(ValueError, match="does not fit|takes"):
+    purge.check_ops(swapped, params)
+  with pytest.raises(ValueError, match="unique"):
+    purge.check_ops(list(ops) + [ops[1]], params)
+  with pytest.raises(ValueError, match="no dense or conv"):
+    purge.check_ops([purge.Op("relu")])
+
+
+# ------------------------------------------------------------------ keep-masks
+
+def test_masks_of_l0jax_layers_zero_what_purge_removes_without_cascade():
+  params = _mixed(_init(SMALL_LENET, X28), seed=5)
+  masks = purge.masks(params)
+  for name, layer in params.items():
+    g = np.asarray(gates.deterministic_gate(jnp.asarray(layer["log_alpha"]))) > 0
+    kind = density.gated_layers({name: layer})[name].kind
+    if kind == density.OUTPUTS:
+      np.testing.assert_array_equal(masks[name]["kernel"],
+                                    np.broadcast_to(g, layer["kernel"].shape))
+      np.testing.assert_array_equal(masks[name]["bias"], g)
+    else:
+      np.testing.assert_array_equal(masks[name]["kernel"],
+                                    np.broadcast_to(g[:, None], layer["kernel"].shape))
+      assert masks[name]["bias"].all()
+    assert masks[name]["log_alpha"].all()
+  # Masked weights with every remaining gate fully open give the gated model's output.
+  opened = {n: dict(l, kernel=np.asarray(l["kernel"]) * np.asarray(masks[n]["kernel"]),
+                    bias=np.asarray(l["bias"]) * np.asarray(masks[n]["bias"]),
+                    log_alpha=np.full_like(l["log_alpha"], OPEN))
+            for n, l in params.items()}
+  binary = {n: dict(l, log_alpha=np.where(
+      np.asarray(gates.deterministic_gate(jnp.asarray(l["log_alpha"]))) > 0, OPEN,
+      CLOSED).astype(np.float32)) for n, l in params.items()}
+  apply = jax.jit(lambda p: SMALL_LENET.apply({"params": p}, X28, deterministic=True))
+  np.testing.assert_allclose(apply(opened), apply(binary), atol=1e-5)
+
+
+def test_masks_with_path_specs():
+  params = {"enc": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}}
+  specs = [gating.GateSpec("enc/kernel", -1, shared={"bias": -1})]
+  masks = purge.masks(params, specs, {"enc/kernel": jnp.array([OPEN, CLOSED, OPEN, -1.0])})
+  np.testing.assert_array_equal(masks["enc"]["bias"], [True, False, True, True])
+  np.testing.assert_array_equal(masks["enc"]["kernel"][0], [True, False, True, True])
+  with pytest.raises(ValueError, match="needs specs"):
+    purge.masks(params, log_alphas={"enc/kernel": jnp.zeros(4)})
+
+
+
+def test_macs_graph_of_lenet_counts_upstream_channels_by_hand():
+  params = _mixed(_init(SMALL_LENET, X28), seed=9)
+  graph = purge.macs_graph(SMALL_LENET, params, (28, 28, 1))
+  assert list(graph) == ["conv1", "conv2", "fc1", "fc2"]
+  open_ = {n: np.asarray(gates.deterministic_gate(jnp.asarray(l["log_alpha"]))) > 0
+           for n, l in params.items()}
+  c1, c2, f1, f2 = (open_[n] for n in ("conv1", "conv2", "fc1", "fc2"))
+  want = {
+      "conv1": 24 * 24 * 25 * 1 * c1.sum(),
+      "conv2": 8 * 8 * 25 * c1.sum() * c2.sum(),
+      "fc1": 12 * np.sum(f1 * np.tile(c2, 16)),      # 4x4 positions x 6 channels
+      "fc2": 10 * f2.sum(),
+  }
+  got = density.layer_macs(graph, params, "median")
+  for name, value in want.items():
+    np.testing.assert_allclose(got[name], value, rtol=1e-6, err_msg=name)
+  dense = sum(op.macs for op in graph.values())
+  assert dense == purge.counts(SMALL_LENET, params, input_shape=(28, 28, 1))["dense_macs"]
+
+
+def test_gates_kept_outside_the_params_purge_like_stored_ones():
+  """Dep-L0 style: log_alphas from elsewhere give what the same gates in params give."""
+  params = _mixed(_init(SMALL_MLP, X28), seed=11)
+  outside = {n: l["log_alpha"] for n, l in params.items()}
+  bare = {n: {k: v for k, v in l.items() if k != "log_alpha"} for n, l in params.items()}
+  small, small_params = purge.purge(SMALL_MLP, params)
+  small2, small_params2 = purge.purge(SMALL_MLP, bare, log_alphas=outside)
+  assert small2.ops == small.ops
+  jax.tree.map(np.testing.assert_array_equal, small_params2, small_params)
+  assert purge.counts(SMALL_MLP, bare, log_alphas=outside) == purge.counts(
+      SMALL_MLP, params)
+  with pytest.raises(ValueError, match="'fc9'"):
+    purge.purge(SMALL_MLP, bare, log_alphas={"fc9": outside["fc1"]})
