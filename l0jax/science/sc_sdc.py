@@ -1,0 +1,133 @@
+"""SC-SDC: the dense twin of a sparse MLP with the same active weights per layer.
+
+Tessera, Hooker & Rosman (arXiv 2102.01670) compare a sparse network with a dense one
+of the *same capacity*: as many active connections per layer, the same initialisation
+family. For a dense stack ``in -> h_1 -> ... -> h_{L-1} -> out`` layer ``l`` has
+``h_{l-1} * h_l`` weights (biases are not counted), so a layer's count depends on its
+input *and* output width and the widths are solved as a chain, in order::
+
+    h_0 = in (fixed, e.g. 784)
+    h_l = max(1, round(A_l / h_{l-1}))          for l = 1 .. L-1
+    h_L = out (fixed, e.g. 10 classes)
+
+where ``A_l`` is the sparse layer's active-weight count. The last layer has no free
+width left: its count is ``h_{L-1} * out``, whatever ``A_L`` was; together with the
+rounding of every width, that mismatch is reported per layer (:class:`DenseTwin`), never
+hidden. Rounding ``h_l`` also shifts the next layer's target ratio; the chain uses the
+rounded width, so each error is the honest one of the network that gets built.
+
+The twin of an l0jax MLP is the same model ungated: ``--config.gated=False
+--config.mlp_features=(h_1, ..., h_{L-1})`` (:func:`twin_config_overrides`); gated and
+plain dense layers share the ``lecun_normal`` kernel initialiser (unless
+``rescale_init`` is on), which is the paper's "same initialisation family".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, NamedTuple, Sequence, Tuple
+
+from l0jax.errors import UserError
+
+__all__ = [
+    "SCSDCError",
+    "DenseTwin",
+    "dense_twin",
+    "active_weights_from_densities",
+    "active_weights_from_kept_inputs",
+    "twin_config_overrides",
+]
+
+
+class SCSDCError(UserError, ValueError):
+  """Bad input to an SC-SDC function (negative counts, lengths that do not match)."""
+
+
+class DenseTwin(NamedTuple):
+  """A dense stack and how well it matches the sparse network's active weights.
+
+  Attributes:
+    widths: ``(in, h_1, ..., h_{L-1}, out)``.
+    target_weights: ``A_l``, the sparse network's active weights per layer.
+    twin_weights: ``h_{l-1} * h_l``, the dense twin's weights per layer.
+    relative_error: ``(twin - target) / target`` per layer (0 where both are 0).
+  """
+  widths: Tuple[int, ...]
+  target_weights: Tuple[int, ...]
+  twin_weights: Tuple[int, ...]
+  relative_error: Tuple[float, ...]
+
+  @property
+  def hidden(self) -> Tuple[int, ...]:
+    return self.widths[1:-1]
+
+  @property
+  def max_abs_relative_error(self) -> float:
+    return max(abs(e) for e in self.relative_error)
+
+
+def _check_count(name: str, value, minimum: int = 0) -> int:
+  if isinstance(value, float) and not value.is_integer():
+    raise SCSDCError(f"{name}={value!r} must be a whole number")
+  if int(value) < minimum:
+    raise SCSDCError(f"{name}={value!r} must be >= {minimum}")
+  return int(value)
+
+
+def dense_twin(active_weights: Sequence[int], in_features: int,
+               out_features: int) -> DenseTwin:
+  """The dense widths with ``active_weights[l]`` weights in layer ``l`` (chain above).
+
+  Args:
+    active_weights: ``A_1 .. A_L`` (``L >= 1``), e.g. from
+      :func:`active_weights_from_densities` or :func:`active_weights_from_kept_inputs`.
+    in_features: the fixed input width (784 for Fashion-MNIST).
+    out_features: the fixed output width (the number of classes).
+  """
+  targets = tuple(_check_count(f"active_weights[{i}]", a)
+                  for i, a in enumerate(active_weights))
+  if not targets:
+    raise SCSDCError("active_weights is empty: give one count per layer")
+  widths = [_check_count("in_features", in_features, 1)]
+  for a in targets[:-1]:
+    widths.append(max(1, int(math.floor(a / widths[-1] + 0.5))))  # half rounds up
+  widths.append(_check_count("out_features", out_features, 1))
+  twin = tuple(widths[i] * widths[i + 1] for i in range(len(targets)))
+  errors = tuple(0.0 if t == 0 and w == 0 else (w - t) / t if t else math.inf
+                 for t, w in zip(targets, twin))
+  return DenseTwin(tuple(widths), targets, twin, errors)
+
+
+def active_weights_from_densities(widths: Sequence[int],
+                                  densities: Sequence[float]) -> Tuple[int, ...]:
+  """``round(density_l * widths[l] * widths[l+1])``: the active weights of a stack
+  ``widths = (in, h_1, ..., out)`` at per-layer densities (fractions of weights kept)."""
+  if len(widths) != len(densities) + 1:
+    raise SCSDCError(f"{len(widths)} widths need {len(widths) - 1} densities, got "
+                     f"{len(densities)}")
+  for d in densities:
+    if not 0.0 <= d <= 1.0:
+      raise SCSDCError(f"density {d!r} must be in [0, 1]")
+  return tuple(int(math.floor(d * widths[i] * widths[i + 1] + 0.5))
+               for i, d in enumerate(densities))
+
+
+def active_weights_from_kept_inputs(kept_inputs: Sequence[int],
+                                    out_features: int) -> Tuple[int, ...]:
+  """Active weights of an input-unit-gated MLP (l0jax's MLP) from its kept inputs.
+
+  Layer ``l`` keeps ``k_l`` inputs and its outputs are the next layer's kept inputs
+  (a closed input of layer ``l+1`` makes that output of layer ``l`` dead), so it has
+  ``k_l * k_{l+1}`` active weights, the last ``k_L * out_features``: the purged model
+  (``l0jax.purge``) counts the same.
+  """
+  kept = [_check_count(f"kept_inputs[{i}]", k) for i, k in enumerate(kept_inputs)]
+  if not kept:
+    raise SCSDCError("kept_inputs is empty: give one count per gated layer")
+  outs = kept[1:] + [_check_count("out_features", out_features, 1)]
+  return tuple(k * o for k, o in zip(kept, outs))
+
+
+def twin_config_overrides(twin: DenseTwin) -> Dict[str, str]:
+  """The ``--config.FIELD=VALUE`` overrides that train ``twin`` with l0jax's MLP."""
+  return {"gated": "False", "mlp_features": str(tuple(twin.hidden))}
