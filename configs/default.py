@@ -79,6 +79,7 @@ def get_config():
   config.num_epochs = 10
   config.num_train_steps = -1             # > 0 overrides num_epochs
   config.log_every_steps = 100
+  config.log_egf = False                  # log EGF and L1/L2 gradient norms (l0jax.science.egf): one more backward pass a step
   config.eval_every_steps = -1            # -1: once per epoch; 0: only at the end
   config.checkpoint_every_steps = 1000
   config.steps_per_dispatch = 10          # steps per jitted call (lax.scan) between events;

@@ -50,6 +50,7 @@ from l0jax import constrained, data, density, distributed, layers, ops
 from l0jax.errors import UserError
 from l0jax import models
 from l0jax.models import MLP, LeNet5Caffe
+from l0jax.science import egf
 
 AXIS = "batch"
 MODELS = ("mlp", "lenet5", "wrn", "resnet", "cifar_resnet", "vgg")
@@ -444,6 +445,9 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
     metrics["expected_density"] = density.expected_density(params)
     metrics["layer_densities"] = jnp.stack(
         list(density.layer_expected_densities(params).values()))
+  if config.log_egf:  # one more backward pass of the loss; off by default
+    grads = jax.lax.pmean(jax.grad(lambda p: fn(p)[0])(state.params), AXIS)
+    metrics.update(egf.gradient_flow_metrics(grads, state.params, config.test_gate))
   new_state = TrainState(state.step + 1, params, opt_state, cstate, state.rng,
                          m["aux"]["batch_stats"])
   return new_state, metrics
@@ -815,6 +819,7 @@ def _host_metrics(metrics, task: Task, step: int, config) -> Dict[str, Any]:
     record["expected_density"] = float(m["expected_density"])
     record["layer_densities"] = dict(zip(task.layer_names,
                                          map(float, m["layer_densities"])))
+  record.update({k: float(v) for k, v in m.items() if k.startswith(("egf_", "grad_norm_"))})
   return record
 
 

@@ -94,24 +94,47 @@ def test_matches_reference_and_scales_linearly(gm, p, c):
       np.linalg.norm(flat, ord=p), rel=1e-5, abs=1e-4)
 
 
-def test_l0jax_kernel_masks_on_the_mlp():
-  model = MLP(features=(6, 4), num_classes=3)
-  params = model.init({"params": jax.random.key(0), "gates": jax.random.key(1)},
-                      jnp.ones((2, 5)), deterministic=True)["params"]
-  # close some input gates of fc1 and fc2
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x.at[:2].set(-20.0) if "log_alpha" in jax.tree_util.keystr(path)
-      else x, params)
-  grads = jax.tree.map(lambda x: jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape)
-                       / x.size, params)
-  kg, km = egf.l0jax_kernel_masks(params, grads)
-  assert sorted(kg) == ["fc1", "fc2", "fc3"]
+def _mlp_params(gated):
+  model = MLP(features=(6, 4), num_classes=3, gated=gated)
+  return model.init({"params": jax.random.key(0), "gates": jax.random.key(1)},
+                    jnp.ones((2, 5)), deterministic=True)["params"]
+
+
+def _ramp_grads(params):
+  return jax.tree.map(lambda x: jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape)
+                      / x.size - 0.3, params)
+
+
+def test_kernel_flow_inputs_on_a_gated_mlp():
+  params = _mlp_params(gated=True)
+  for name in ("fc1", "fc2", "fc3"):  # close the first two input gates of every layer
+    params[name]["log_alpha"] = params[name]["log_alpha"].at[:2].set(-20.0)
+  grads = _ramp_grads(params)
+  kg, km = egf.kernel_flow_inputs(params, grads)
+  assert list(kg) == ["fc1", "fc2", "fc3"] == list(density.gated_layers(params))
   ref_g, ref_m = [], []
   for name in ("fc1", "fc2", "fc3"):
     open_units = np.asarray(gates.deterministic_gate(params[name]["log_alpha"])) > 0
     assert not open_units[:2].any() and open_units[2:].any()
-    ref_g.append(np.asarray(grads[name]["kernel"]))
+    ref_g.append(np.asarray(grads[name]["kernel"], np.float64))
     ref_m.append(np.repeat(open_units[:, None], ref_g[-1].shape[1], axis=1))
-  got = float(egf.effective_gradient_flow(kg, km))
-  assert got == pytest.approx(_egf_reference(ref_g, ref_m, 2), rel=1e-6)
-  assert density.gated_layers(params).keys() == kg.keys()
+  m = egf.gradient_flow_metrics(grads, params)
+  for p in (1, 2):
+    assert float(m[f"egf_l{p}"]) == pytest.approx(_egf_reference(ref_g, ref_m, p),
+                                                  rel=1e-6)
+    flat = np.concatenate([g.ravel() for g in ref_g])  # every kernel weight
+    assert float(m[f"grad_norm_l{p}"]) == pytest.approx(np.linalg.norm(flat, p),
+                                                        rel=1e-6)
+
+
+def test_kernel_flow_inputs_on_a_dense_mlp_use_every_weight():
+  params = _mlp_params(gated=False)
+  grads = _ramp_grads(params)
+  m = jax.jit(egf.gradient_flow_metrics)(grads, params)
+  assert "log_alpha" not in params["fc1"]
+  ref_g = [np.asarray(grads[n]["kernel"], np.float64) for n in ("fc1", "fc2", "fc3")]
+  ref_m = [np.ones_like(g, bool) for g in ref_g]
+  assert float(m["egf_l2"]) == pytest.approx(_egf_reference(ref_g, ref_m, 2), rel=1e-6)
+  # dense: EGF_1 is the mean over layers of the mean absolute gradient
+  assert float(m["egf_l1"]) == pytest.approx(
+      np.mean([np.abs(g).mean() for g in ref_g]), rel=1e-6)

@@ -18,7 +18,8 @@ least float32. A "layer" is one leaf of ``grads``: pass the weight tensors you w
 measured (e.g. only the kernels; biases and gate parameters are not weights of the
 sparse network). A mask leaf only has to broadcast against its gradient leaf, so
 ``(in, 1)`` input-unit gates of an ``(in, out)`` kernel work as they are;
-:func:`l0jax_kernel_masks` builds those for l0jax's gated layers.
+:func:`kernel_flow_inputs` builds those for Flax-style params (l0jax's gated
+layers and plain dense ones) and :func:`gradient_flow_metrics` all four numbers.
 
 A layer with no active weight has no flow: it contributes 0 to the sum and still
 counts in ``L`` (the paper's "distributed evenly across all layers"), and the division
@@ -27,12 +28,12 @@ uses ``max(N_l, 1)`` so the result stays finite.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from l0jax import density, gates
+from l0jax import density, gates, gating
 from l0jax.errors import UserError
 
 __all__ = [
@@ -40,7 +41,8 @@ __all__ = [
     "layer_gradient_flow",
     "effective_gradient_flow",
     "gradient_norm",
-    "l0jax_kernel_masks",
+    "kernel_flow_inputs",
+    "gradient_flow_metrics",
 ]
 
 ORDS = (1, 2)
@@ -113,27 +115,57 @@ def gradient_norm(grads, *, ord: int = 2) -> jax.Array:  # pylint: disable=redef
   return jnp.sqrt(sum(jnp.sum(g * g) for g in leaves))
 
 
-def l0jax_kernel_masks(params, grads, test_gate: str = "median"):
-  """``(kernel_grads, kernel_masks)``, dicts keyed by gated-layer path, for l0jax layers.
+def _kernel_dicts(tree, path=()):
+  """Every dict holding a ``kernel``, keyed by its '/'-joined path."""
+  found = {}
+  if isinstance(tree, Mapping):
+    if "kernel" in tree:
+      found["/".join(path)] = tree
+    for key, child in tree.items():
+      if isinstance(child, Mapping):
+        found.update(_kernel_dicts(child, path + (str(key),)))
+  return found
 
-  The kernels of the gated layers of ``params`` (the dicts holding ``kernel`` and
-  ``log_alpha``, as :func:`l0jax.density.gated_layers` finds them) with their
-  gradients from ``grads`` (same structure as ``params``) and keep masks from the
-  test-time gates (``gate > 0``), shaped to broadcast against the kernel: input-unit
+
+def kernel_flow_inputs(params, grads, test_gate: str = "median"):
+  """``(kernel_grads, kernel_masks)``, dicts keyed by layer path, for Flax-style params.
+
+  Every dict of ``params`` holding a ``kernel`` is a layer (l0jax's gated layers and
+  plain ``nn.Dense`` / ``nn.Conv`` alike; biases, BatchNorm scales and gate
+  parameters are not counted as weights). Its gradient comes from ``grads`` (same
+  structure as ``params``); its keep mask from the test-time gates (``gate > 0``) when
+  the dict also holds ``log_alpha``, shaped to broadcast against the kernel (input-unit
   gates ``(..., in)`` become ``(..., in, 1)``; output-channel and per-weight gates
-  broadcast as they are. Pass the two dicts to :func:`effective_gradient_flow`.
+  broadcast as they are), else all ones (a dense layer). Pass the two dicts to
+  :func:`effective_gradient_flow`.
   """
-  layers = density.gated_layers(params)
-  param_dicts = density._layer_dicts(density._plain(params))  # pylint: disable=protected-access
-  grad_dicts = density._layer_dicts(density._plain(grads))  # pylint: disable=protected-access
+  param_dicts = _kernel_dicts(density._plain(params))  # pylint: disable=protected-access
+  grad_dicts = _kernel_dicts(density._plain(grads))  # pylint: disable=protected-access
+  gated = density.gated_layers(params)
   kernel_grads: Dict[str, Any] = {}
   kernel_masks: Dict[str, Any] = {}
-  for path, node in param_dicts.items():
-    name = "/".join(path)
-    layer = layers[name]
-    keep = gates.deterministic_gate(node["log_alpha"], test_gate) > 0
-    if layer.kind == density.INPUTS:
-      keep = keep[..., None]
-    kernel_grads[name] = grad_dicts[path]["kernel"]
+  for name in sorted(param_dicts, key=gating.natural_key):
+    node = param_dicts[name]
+    if "log_alpha" in node:
+      keep = gates.deterministic_gate(node["log_alpha"], test_gate) > 0
+      if gated[name].kind == density.INPUTS:
+        keep = keep[..., None]
+    else:
+      keep = jnp.ones((), bool)
+    kernel_grads[name] = grad_dicts[name]["kernel"]
     kernel_masks[name] = keep
   return kernel_grads, kernel_masks
+
+
+def gradient_flow_metrics(grads, params, test_gate: str = "median") -> Dict[str, jax.Array]:
+  """EGF and plain gradient norms of the kernels, L1 and L2, for logging.
+
+  ``{"egf_l1", "egf_l2", "grad_norm_l1", "grad_norm_l2"}`` from
+  :func:`kernel_flow_inputs`; the plain norms cover every kernel weight, active or not.
+  """
+  kernel_grads, kernel_masks = kernel_flow_inputs(params, grads, test_gate)
+  out = {}
+  for p in ORDS:
+    out[f"egf_l{p}"] = effective_gradient_flow(kernel_grads, kernel_masks, ord=p)
+    out[f"grad_norm_l{p}"] = gradient_norm(kernel_grads, ord=p)
+  return out

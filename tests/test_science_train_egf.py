@@ -1,0 +1,72 @@
+"""config.log_egf: EGF in the train step's metrics, checked against an outside gradient."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from l0jax import data, train_lib
+from tests.test_train import small_config
+
+
+def _steps(config, devices, num_steps=1):
+  mesh = train_lib.make_mesh(devices)
+  task = train_lib.make_task(config, 100)
+  state = train_lib.replicate(train_lib.init_state(config, task), mesh)
+  step = train_lib.make_train_step(config, task, mesh)
+  batches = data.train_iterator(train_lib.load_source(config, "train"),
+                                global_batch_size=config.batch_size, seed=config.seed,
+                                local_device_count=len(devices))
+  first = None
+  for _ in range(num_steps):
+    batch = next(batches)
+    first = batch if first is None else first
+    state, metrics = step(state, train_lib.shard_batch(batch, mesh))
+  return task, state, metrics, first
+
+
+def test_dense_model_egf_matches_an_outside_gradient(fake_dataset):
+  config = small_config(fake_dataset, gated=False, log_egf=True)
+  task = train_lib.make_task(config, 100)
+  params = train_lib.init_state(config, task).params
+  _, _, metrics, batch = _steps(config, jax.devices()[:1])
+  m = train_lib.unreplicate(metrics)
+
+  images = batch["image"].reshape((-1,) + batch["image"].shape[2:])
+  labels = batch["label"].reshape(-1)
+
+  def loss(p):  # written here, not taken from the trainer
+    logits = task.model.apply({"params": p}, images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  grads = jax.grad(loss)(params)
+  kernels = [np.asarray(grads[n]["kernel"], np.float64) for n in ("fc1", "fc2", "fc3")]
+  for p in (1, 2):  # dense: every weight active
+    want = np.mean([np.linalg.norm(k.ravel(), p) / k.size for k in kernels])
+    assert float(m[f"egf_l{p}"]) == pytest.approx(want, rel=1e-4)
+    flat = np.concatenate([k.ravel() for k in kernels])
+    assert float(m[f"grad_norm_l{p}"]) == pytest.approx(np.linalg.norm(flat, p), rel=1e-4)
+
+
+def test_log_egf_leaves_training_unchanged_and_is_device_count_invariant(fake_dataset):
+  config = small_config(fake_dataset, log_egf=True, target_density=0.3)
+  _, on, m_on, _ = _steps(config, jax.devices()[:1], num_steps=2)
+  _, off, m_off, _ = _steps(small_config(fake_dataset, target_density=0.3),
+                            jax.devices()[:1], num_steps=2)
+  for a, b in zip(jax.tree.leaves(train_lib.unreplicate(on.params)),
+                  jax.tree.leaves(train_lib.unreplicate(off.params))):
+    np.testing.assert_array_equal(a, b)
+  assert not any(k.startswith("egf") for k in m_off)
+  one = train_lib.unreplicate(m_on)
+  _, _, m_four, _ = _steps(config, jax.devices()[:4], num_steps=2)
+  four = train_lib.unreplicate(m_four)
+  for k in ("egf_l1", "egf_l2", "grad_norm_l1", "grad_norm_l2"):
+    assert np.isfinite(one[k]) and one[k] > 0
+    assert float(four[k]) == pytest.approx(float(one[k]), rel=1e-4)
+
+
+def test_log_egf_reaches_metrics_jsonl(fake_dataset, tmp_path):
+  config = small_config(fake_dataset, log_egf=True, num_train_steps=4)
+  train_lib.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
+  records = [r for r in train_lib.read_metrics(str(tmp_path)) if not r.get("eval")]
+  assert records and all(r["egf_l2"] > 0 and r["grad_norm_l1"] > 0 for r in records)
