@@ -445,9 +445,10 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
     metrics["expected_density"] = density.expected_density(params)
     metrics["layer_densities"] = jnp.stack(
         list(density.layer_expected_densities(params).values()))
-  if config.log_egf:  # one more backward pass of the loss; off by default
-    grads = jax.lax.pmean(jax.grad(lambda p: fn(p)[0])(state.params), AXIS)
-    metrics.update(egf.gradient_flow_metrics(grads, state.params, config.test_gate))
+  if config.log_egf:  # one more backward pass of the loss, on the steps that log
+    metrics.update(egf.gradient_flow_metrics_on(
+        (state.step + 1) % config.log_every_steps == 0, lambda p: fn(p)[0], state.params,
+        grad_reduce=lambda g: jax.lax.pmean(g, AXIS), test_gate=config.test_gate))
   new_state = TrainState(state.step + 1, params, opt_state, cstate, state.rng,
                          m["aux"]["batch_stats"])
   return new_state, metrics
@@ -819,7 +820,7 @@ def _host_metrics(metrics, task: Task, step: int, config) -> Dict[str, Any]:
     record["expected_density"] = float(m["expected_density"])
     record["layer_densities"] = dict(zip(task.layer_names,
                                          map(float, m["layer_densities"])))
-  record.update({k: float(v) for k, v in m.items() if k.startswith(("egf_", "grad_norm_"))})
+  record.update({k: float(m[k]) for k in egf.FLOW_METRICS if np.isfinite(m.get(k, np.nan))})
   return record
 
 

@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from l0jax import data, train_lib
+from l0jax.science import egf
 from tests.test_train import small_config
 
 
@@ -26,7 +27,7 @@ def _steps(config, devices, num_steps=1):
 
 
 def test_dense_model_egf_matches_an_outside_gradient(fake_dataset):
-  config = small_config(fake_dataset, gated=False, log_egf=True)
+  config = small_config(fake_dataset, gated=False, log_egf=True, log_every_steps=1)
   task = train_lib.make_task(config, 100)
   params = train_lib.init_state(config, task).params
   _, _, metrics, batch = _steps(config, jax.devices()[:1])
@@ -48,7 +49,7 @@ def test_dense_model_egf_matches_an_outside_gradient(fake_dataset):
     assert float(m[f"grad_norm_l{p}"]) == pytest.approx(np.linalg.norm(flat, p), rel=1e-4)
 
 
-def test_log_egf_leaves_training_unchanged_and_is_device_count_invariant(fake_dataset):
+def test_log_egf_leaves_training_unchanged_and_agrees_on_4_devices_shard_map(fake_dataset):
   config = small_config(fake_dataset, log_egf=True, target_density=0.3)
   _, on, m_on, _ = _steps(config, jax.devices()[:1], num_steps=2)
   _, off, m_off, _ = _steps(small_config(fake_dataset, target_density=0.3),
@@ -57,8 +58,12 @@ def test_log_egf_leaves_training_unchanged_and_is_device_count_invariant(fake_da
                   jax.tree.leaves(train_lib.unreplicate(off.params))):
     np.testing.assert_array_equal(a, b)
   assert not any(k.startswith("egf") for k in m_off)
+  _, _, m_skip, _ = _steps(config, jax.devices()[:1], num_steps=1)  # step 1 does not log
+  assert all(np.isnan(train_lib.unreplicate(m_skip)[k]) for k in egf.FLOW_METRICS)
   one = train_lib.unreplicate(m_on)
-  _, _, m_four, _ = _steps(config, jax.devices()[:4], num_steps=2)
+  four_config = small_config(fake_dataset, log_egf=True, target_density=0.3,
+                             parallel="shard_map")  # and the cond under shard_map
+  _, _, m_four, _ = _steps(four_config, jax.devices()[:4], num_steps=2)
   four = train_lib.unreplicate(m_four)
   for k in ("egf_l1", "egf_l2", "grad_norm_l1", "grad_norm_l2"):
     assert np.isfinite(one[k]) and one[k] > 0
@@ -69,4 +74,5 @@ def test_log_egf_reaches_metrics_jsonl(fake_dataset, tmp_path):
   config = small_config(fake_dataset, log_egf=True, num_train_steps=4)
   train_lib.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
   records = [r for r in train_lib.read_metrics(str(tmp_path)) if not r.get("eval")]
-  assert records and all(r["egf_l2"] > 0 and r["grad_norm_l1"] > 0 for r in records)
+  assert [r["step"] for r in records] == [2, 4]
+  assert all(r["egf_l2"] > 0 and r["grad_norm_l1"] > 0 for r in records)

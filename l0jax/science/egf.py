@@ -43,6 +43,8 @@ __all__ = [
     "gradient_norm",
     "kernel_flow_inputs",
     "gradient_flow_metrics",
+    "gradient_flow_metrics_on",
+    "FLOW_METRICS",
 ]
 
 ORDS = (1, 2)
@@ -169,3 +171,25 @@ def gradient_flow_metrics(grads, params, test_gate: str = "median") -> Dict[str,
     out[f"egf_l{p}"] = effective_gradient_flow(kernel_grads, kernel_masks, ord=p)
     out[f"grad_norm_l{p}"] = gradient_norm(kernel_grads, ord=p)
   return out
+
+
+FLOW_METRICS = ("egf_l1", "egf_l2", "grad_norm_l1", "grad_norm_l2")
+
+
+def gradient_flow_metrics_on(should_log, loss_fn, params, *, grad_reduce=lambda g: g,
+                             test_gate: str = "median") -> Dict[str, jax.Array]:
+  """:func:`gradient_flow_metrics` of ``grad(loss_fn)(params)`` where ``should_log``
+  (a traced bool) holds, else NaNs, under ``lax.cond``: the extra backward pass runs
+  only on the steps that log. ``grad_reduce`` combines the gradients across devices
+  (e.g. a ``pmean``); every device takes the same branch."""
+
+  def flow(p):
+    grads = grad_reduce(jax.grad(loss_fn)(p))
+    out = gradient_flow_metrics(grads, p, test_gate)
+    return {k: out[k].astype(jnp.float32) for k in FLOW_METRICS}
+
+  def skip(p):
+    del p
+    return {k: jnp.full((), jnp.nan, jnp.float32) for k in FLOW_METRICS}
+
+  return jax.lax.cond(should_log, flow, skip, params)
