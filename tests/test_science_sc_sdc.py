@@ -86,3 +86,7 @@ def test_kept_input_counts_agree_with_the_cascade_accounting_of_an_l0jax_mlp():
   want = sc_sdc.active_weights_from_kept_inputs([sum(k) for k in keep.values()], 3)
   assert want == (3 * 2, 2 * 3, 3 * 3)
   np.testing.assert_allclose(active, want, rtol=1e-4)
+  twin = sc_sdc.dense_twin_of_gated_mlp(params, 5, 3)
+  assert twin.target_weights == want
+  # 6 / 5 -> 1 (5 weights); 6 / 1 -> 6 (6 weights); the last layer 6 * 3 = 18, not 9
+  assert twin.widths == (5, 1, 6, 3) and twin.twin_weights == (5, 6, 18)

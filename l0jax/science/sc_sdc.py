@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Dict, NamedTuple, Sequence, Tuple
 
+from l0jax import density
 from l0jax.errors import UserError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "dense_twin",
     "active_weights_from_densities",
     "active_weights_from_kept_inputs",
+    "dense_twin_of_gated_mlp",
     "twin_config_overrides",
 ]
 
@@ -126,6 +128,17 @@ def active_weights_from_kept_inputs(kept_inputs: Sequence[int],
     raise SCSDCError("kept_inputs is empty: give one count per gated layer")
   outs = kept[1:] + [_check_count("out_features", out_features, 1)]
   return tuple(k * o for k, o in zip(kept, outs))
+
+
+def dense_twin_of_gated_mlp(params, in_features: int, out_features: int,
+                            test_gate: str = "median") -> DenseTwin:
+  """The dense twin of a trained input-unit-gated MLP (``l0jax.models.MLP``) from its
+  test-time gates: kept inputs per layer (:func:`l0jax.density.density_report`, layers
+  in forward order) -> :func:`active_weights_from_kept_inputs` -> :func:`dense_twin`."""
+  report = density.density_report(params, test_gate)
+  kept = [int(report.kept_units[name]) for name in report.kept_units]
+  return dense_twin(active_weights_from_kept_inputs(kept, out_features), in_features,
+                    out_features)
 
 
 def twin_config_overrides(twin: DenseTwin) -> Dict[str, str]:
