@@ -56,3 +56,14 @@ def test_readme_own_module_example_works_with_density_report():
   np.testing.assert_allclose(report.model_expected, p_open.mean(), rtol=1e-6)
   median = np.clip(1 / (1 + np.exp(-log_alpha / (2 / 3))) * 1.2 - 0.1, 0, 1)
   assert int(report.kept_units["Dense_0/kernel"]) == int(np.sum(median > 0))
+
+
+def test_readme_science_example():
+  scope = run_readme_snippet("## Sparse-network science tools")
+  np.testing.assert_allclose(float(scope["flow"]), 1.5, rtol=1e-6)
+  np.testing.assert_allclose(float(scope["norm"]), math.sqrt(9 + 1e4 + 16 + 4), rtol=1e-6)
+  twin = scope["twin"]
+  assert twin.widths == (784, 31, 58, 10)
+  np.testing.assert_allclose(twin.relative_error,
+                             (31 * 784 / 24000 - 1, 31 * 58 / 1800 - 1, 580 / 300 - 1))
+  assert scope["result"].best_profile == scope["best"]
