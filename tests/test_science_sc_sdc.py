@@ -90,3 +90,11 @@ def test_kept_input_counts_agree_with_the_cascade_accounting_of_an_l0jax_mlp():
   assert twin.target_weights == want
   # 6 / 5 -> 1 (5 weights); 6 / 1 -> 6 (6 weights); the last layer 6 * 3 = 18, not 9
   assert twin.widths == (5, 1, 6, 3) and twin.twin_weights == (5, 6, 18)
+
+
+def test_twin_of_gated_mlp_refuses_unstructured_gates():
+  params = MLP(features=(6, 4), num_classes=3, unstructured=True).init(
+      {"params": jax.random.key(0), "gates": jax.random.key(1)}, jnp.ones((1, 5)),
+      deterministic=True)["params"]
+  with pytest.raises(sc_sdc.SCSDCError, match="input units"):
+    sc_sdc.dense_twin_of_gated_mlp(params, 5, 3)

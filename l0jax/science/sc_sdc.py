@@ -135,6 +135,11 @@ def dense_twin_of_gated_mlp(params, in_features: int, out_features: int,
   """The dense twin of a trained input-unit-gated MLP (``l0jax.models.MLP``) from its
   test-time gates: kept inputs per layer (:func:`l0jax.density.density_report`, layers
   in forward order) -> :func:`active_weights_from_kept_inputs` -> :func:`dense_twin`."""
+  kinds = {name: layer.kind for name, layer in density.gated_layers(params).items()}
+  if not kinds or any(k != density.INPUTS for k in kinds.values()):
+    raise SCSDCError(f"dense_twin_of_gated_mlp needs an MLP gated on its input units "
+                     f"(l0jax.models.MLP); got gate kinds {kinds}: compute the active "
+                     f"weights per layer and call dense_twin")
   report = density.density_report(params, test_gate)
   kept = [int(report.kept_units[name]) for name in report.kept_units]
   return dense_twin(active_weights_from_kept_inputs(kept, out_features), in_features,
