@@ -1,5 +1,10 @@
 """SC-SDC dense twins: widths solved as a chain, counts match within the reported error."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,3 +103,28 @@ def test_twin_of_gated_mlp_refuses_unstructured_gates():
       deterministic=True)["params"]
   with pytest.raises(sc_sdc.SCSDCError, match="input units"):
     sc_sdc.dense_twin_of_gated_mlp(params, 5, 3)
+
+
+def test_twin_from_an_eval_json_dict():
+  result = {"kept_units": {"fc1": 400, "fc2": 60, "fc3": 30},
+            "total_units": {"fc1": 784, "fc2": 300, "fc3": 100}}
+  twin, names = sc_sdc.dense_twin_from_eval_json(result, 10)
+  assert names == ["fc1", "fc2", "fc3"]
+  assert twin.widths == (784, 31, 58, 10)  # as worked out by hand above
+  with pytest.raises(sc_sdc.SCSDCError, match="kept_units"):
+    sc_sdc.dense_twin_from_eval_json({"test_error": 0.1}, 10)
+
+
+def test_twin_script_writes_its_json(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / "eval.json").write_text(json.dumps(
+      {"kept_units": {"fc1": 400, "fc2": 60, "fc3": 30},
+       "total_units": {"fc1": 784, "fc2": 300, "fc3": 100}}))
+  out = subprocess.run([sys.executable, os.path.join(root, "experiments", "sc_sdc_twin.py"),
+                        f"--workdir={tmp_path}"], capture_output=True, text=True,
+                       check=True, timeout=300).stdout
+  written = json.loads((tmp_path / "sc_sdc_twin.json").read_text())
+  assert written["widths"] == [784, 31, 58, 10]
+  assert written["twin_weights"] == [24304, 1798, 580]
+  assert "'--config.mlp_features=(31, 58)'" in written["train_twin"]
+  assert "'--config.gated=False'" in out

@@ -37,6 +37,7 @@ __all__ = [
     "active_weights_from_densities",
     "active_weights_from_kept_inputs",
     "dense_twin_of_gated_mlp",
+    "dense_twin_from_eval_json",
     "twin_config_overrides",
 ]
 
@@ -144,6 +145,19 @@ def dense_twin_of_gated_mlp(params, in_features: int, out_features: int,
   kept = [int(report.kept_units[name]) for name in report.kept_units]
   return dense_twin(active_weights_from_kept_inputs(kept, out_features), in_features,
                     out_features)
+
+
+def dense_twin_from_eval_json(result, num_classes: int):
+  """``(twin, layer names)`` of an input-unit-gated MLP from its ``eval.json`` dict:
+  ``kept_units`` per layer (forward order) and the first layer's ``total_units`` as the
+  input width."""
+  if "kept_units" not in result or "total_units" not in result:
+    raise SCSDCError("eval.json has no kept_units/total_units: evaluate a gated run "
+                     "with eval.py first")
+  names = list(result["kept_units"])
+  kept = [result["kept_units"][n] for n in names]
+  targets = active_weights_from_kept_inputs(kept, num_classes)
+  return dense_twin(targets, result["total_units"][names[0]], num_classes), names
 
 
 def twin_config_overrides(twin: DenseTwin) -> Dict[str, str]:
