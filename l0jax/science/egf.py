@@ -1,10 +1,11 @@
 """Effective Gradient Flow (EGF) and the plain gradient norms it is compared with.
 
 Tessera, Hooker & Rosman, "Keep the Gradients Flowing: Using Gradient Flow to Study
-Sparse Network Optimization" (arXiv 2102.01670) define EGF as a gradient norm taken
-layer by layer over the *active* weights only, normalised by the number of active
-weights of the layer and averaged evenly over the layers, so that a sparse network and
-a dense one (or two layers of very different sizes) are measured on the same scale::
+Sparse Network Optimization" (arXiv 2102.01670) describe EGF as a gradient-flow measure
+"normalised by the number of active weights and distributed evenly across all the
+layers", so that a sparse network and a dense one (or two layers of very different
+sizes) are measured on the same scale. Written from that description (the paper's
+equation itself was not available to check when this was written)::
 
     EGF_p = (1 / L) * sum_l  || g_l * m_l ||_p / N_l,       N_l = ||m_l||_0
 
