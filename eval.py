@@ -30,9 +30,11 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   del argv
   with cli.main_process():  # one line for expected failures; processes end together
-    workdir = workdir_lib.require_run(_WORKDIR.value, writable=True)
+    workdir = workdir_lib.require_run(_WORKDIR.value)
     config = workdir_lib.config_for_eval(workdir, _CONFIG.value)
     cli.start_main(config)
+    if distributed.is_main_process():  # the one process that writes there
+      workdir_lib.require_writable(workdir)
     if _EXPORT.value:  # checked before anything is evaluated or written
       if jax.process_count() > 1:  # purge.save is single-process
         raise train_lib.ConfigError(

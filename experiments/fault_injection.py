@@ -6,8 +6,9 @@
 Every fault is injected into a real run of ``configs/fashion_mnist_mlp.py:runlocal``
 (real Fashion-MNIST unless ``--config.*`` overrides are passed after ``--``):
 
-* kill -9 at a uniformly random moment of a run (start-up, compilation, training,
-  checkpoint writes, evaluation), several times, then the same command until it ends;
+* kill -9 at a random moment of a run (a quarter in start-up and compilation, the rest
+  within a second after a random training step: training, evaluation and checkpoint
+  writes), several times, then the same command until it ends;
 * one flipped bit in a random file of the newest checkpoint, a truncated or removed
   file, a removed or corrupted checksum, then the same command again;
 * a full disk (a file-size limit), two train.py at once on one workdir, a diverging run
@@ -38,7 +39,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/fashion_mnist_mlp.py:runlocal"
 # Small and quick, with a checkpoint every 50 steps: kills often land in a save.
-RUN_FLAGS = ("--config.num_train_steps=200", "--config.checkpoint_every_steps=50",
+TOTAL_STEPS = 200
+RUN_FLAGS = (f"--config.num_train_steps={TOTAL_STEPS}", "--config.checkpoint_every_steps=50",
              "--config.eval_every_steps=100", "--config.log_every_steps=10",
              "--config.keep_checkpoints=2", "--config.progress_bar=False")
 
@@ -180,24 +182,73 @@ def one_clear_line(proc: subprocess.CompletedProcess) -> Tuple[bool, str]:
   return ok, (lines[-1] if lines else f"(rc {proc.returncode}, no stderr)")
 
 
-def kill_trial(args: Sequence[str], kills: int, window_s: float, rng: random.Random
-               ) -> Tuple[List[float], subprocess.CompletedProcess]:
-  """Up to ``kills`` times: start ``train.py args`` and kill -9 it at a random moment in
-  ``[0, window_s)`` (a run that ends first ends the kills); then run it to the end.
-  Returns (the kill times, the last run)."""
-  times = []
+def logged_steps(workdir: str) -> List[int]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    steps = []
+    for line in f:
+      try:
+        steps.append(json.loads(line)["step"])
+      except (ValueError, KeyError):
+        pass  # a line being written
+  return steps
+
+
+def latest_checkpoint(workdir: str) -> int:
+  digest = final_digest(workdir)
+  return int(digest.split(":")[0]) if digest else 0
+
+
+def wait_for_step(workdir: str, proc: subprocess.Popen, step: int,
+                  timeout: float = 900) -> bool:
+  """Until ``proc`` logged ``step`` or a later one (not a record an earlier run left);
+  False if it ended first."""
+  before, deadline = logged_steps(workdir), time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    steps = logged_steps(workdir)
+    if steps != before and max(steps, default=0) >= step:
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.05)
+  raise TimeoutError(f"no step {step} logged in {workdir} within {timeout} s")
+
+
+def kill_trial(args: Sequence[str], workdir: str, kills: int, total_steps: int,
+               startup_s: float, rng: random.Random
+               ) -> Tuple[List[str], subprocess.CompletedProcess]:
+  """Up to ``kills`` times: start ``train.py args`` and kill -9 it at a random moment:
+  a quarter of the kills at a uniform time in start-up (``[0, startup_s)``), the rest
+  within 1 s after a uniformly chosen step past its checkpoint was logged (training,
+  evaluation and checkpoint writes). Then runs it to the end. Returns (where each kill
+  landed, the last run)."""
+  where = []
   for _ in range(kills):
-    proc = start("train.py", args)
-    at = rng.uniform(0, window_s)
-    try:
-      proc.wait(timeout=at)
-    except subprocess.TimeoutExpired:
-      proc.send_signal(signal.SIGKILL)
-      times.append(at)
-    proc.communicate()
-    if proc.returncode == 0:
+    resumed = latest_checkpoint(workdir)
+    if resumed >= total_steps:
       break
-  return times, run("train.py", args)
+    proc = start("train.py", args)
+    if rng.random() < 0.25:
+      at = rng.uniform(0, startup_s)
+      ended = proc.poll() is not None
+      try:
+        proc.wait(timeout=at)
+        ended = True
+      except subprocess.TimeoutExpired:
+        pass
+      label = f"start-up +{at:.1f} s"
+    else:
+      target = rng.randrange(resumed + 1, total_steps)
+      ended = not wait_for_step(workdir, proc, target)
+      time.sleep(rng.uniform(0, 1.0))
+      label = f"after step {max(logged_steps(workdir), default=0)}"
+    if not ended and proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      where.append(label)
+    proc.communicate()
+  return where, run("train.py", args)
 
 
 def bad_inputs(scratch: str, trained: str, no_checkpoint: str
@@ -275,21 +326,24 @@ def main(argv=None):
 
   straight = os.path.join(scratch, "straight")
   begin = time.monotonic()
-  proc = run("train.py", train_args(straight, extra))
-  duration = time.monotonic() - begin
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  print(f"uninterrupted run: {duration:.1f} s, final {final_digest(straight)}")
+  proc = start("train.py", train_args(straight, extra))
+  wait_for_step(straight, proc, 1)
+  startup = time.monotonic() - begin
+  out, err = proc.communicate()
+  assert proc.returncode == 0, err[-3000:]
+  print(f"uninterrupted run: {time.monotonic() - begin:.1f} s ({startup:.1f} s to the "
+        f"first step), final {final_digest(straight)}")
 
   # kill -9 at random moments
   for trial in range(args.trials):
     workdir = os.path.join(scratch, f"killed_{trial}")
-    times, last = kill_trial(train_args(workdir, extra), args.kills_per_trial,
-                             0.8 * duration, rng)
+    where, last = kill_trial(train_args(workdir, extra), workdir, args.kills_per_trial,
+                             TOTAL_STEPS, startup, rng)
     ok = last.returncode == 0 and same_run(workdir, straight)
-    counts["faults injected"] += len(times)
-    counts["survived bit-identically"] += len(times) if ok else 0
-    report("kill -9", ok, f"trial {trial}: killed at {', '.join(f'{t:.1f}' for t in times)} "
-           f"s, then rc {last.returncode}")
+    counts["faults injected"] += len(where)
+    counts["survived bit-identically"] += len(where) if ok else 0
+    report("kill -9", ok, f"trial {trial}: killed {'; '.join(where)}; then rc "
+           f"{last.returncode}")
 
   # broken checkpoint files (flips at random, then each file fault once)
   faults = [("flip a bit in a random file", lambda d, r: flip_bit(

@@ -53,7 +53,7 @@ from l0jax.errors import UserError
 
 __all__ = ["WorkdirError", "RESUMABLE_FIELDS", "FIXED_FIELDS", "Checkpoints",
            "open_for_training", "require_run", "read_config", "config_changes",
-           "config_for_eval",
+           "config_for_eval", "require_writable",
            "tree_digest", "tree_is_finite"]
 
 CONFIG_FILE = "config.json"
@@ -624,16 +624,20 @@ def config_for_eval(workdir: str, given=None):
   return given
 
 
-def require_run(workdir: str, writable: bool = False) -> str:
+def require_run(workdir: str) -> str:
   """The absolute path of an existing workdir (eval.py); never creates anything."""
   path = os.path.abspath(workdir)
   if not os.path.isdir(path):
     raise WorkdirError(f"--workdir={workdir} does not exist: pass the --workdir that "
                        "train.py wrote")
-  if writable:
-    try:  # a probe that leaves nothing behind (permission bits do not bind root)
-      os.remove(tempfile.mkstemp(prefix=".l0jax-probe-", dir=path)[1])
-    except OSError as e:
-      raise WorkdirError(f"--workdir={workdir} is not writable ({e.strerror}): eval.py "
-                         "writes eval.json and plots there") from None
   return path
+
+
+def require_writable(workdir: str) -> None:
+  """Raises unless files can be written into ``workdir`` (a probe that leaves nothing
+  behind: permission bits do not bind root, a read-only file system does)."""
+  try:
+    os.remove(tempfile.mkstemp(prefix=".l0jax-probe-", dir=workdir)[1])
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir} is not writable ({e.strerror}): eval.py "
+                       "writes eval.json and plots there") from None

@@ -245,19 +245,11 @@ def process_run(fake_dataset, tmp_path_factory):
   return config, _config_flags(config), root / "straight", env
 
 
-def _wait_for_training(path, proc, timeout=240):
-  """Until the run logged a step after the one it resumed from (so a kill lands in
-  training or in a save)."""
-  resumed = workdir.Checkpoints(str(path)).latest_verified() or 0
-  before, deadline = reporting.read_metrics(str(path)), time.monotonic() + timeout
-
-  def started():
-    records = reporting.read_metrics(str(path))  # (past a failed run's records)
-    return records != before and max([r["step"] for r in records], default=0) > resumed
-  while not started():
-    assert proc.poll() is None, proc.communicate()
-    assert time.monotonic() < deadline, "the run never started training"
-    time.sleep(0.05)
+def _wait_for_training(path, proc):
+  """Until the run logged a step after its checkpoint (a kill then lands in training or
+  in a save)."""
+  assert fi.wait_for_step(str(path), proc, fi.latest_checkpoint(str(path)) + 1), (
+      proc.communicate())
 
 
 def test_a_run_through_process_faults_ends_bit_identical(process_run, tmp_path):

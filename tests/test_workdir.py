@@ -270,7 +270,8 @@ def test_require_run_creates_nothing(tmp_path):
   with pytest.raises(workdir.WorkdirError, match="does not exist"):
     workdir.require_run(str(tmp_path / "missing"))
   assert not (tmp_path / "missing").exists()
-  assert workdir.require_run(str(tmp_path), writable=True) == str(tmp_path)
+  assert workdir.require_run(str(tmp_path)) == str(tmp_path)
+  workdir.require_writable(str(tmp_path))
   assert os.listdir(tmp_path) == []  # the probe leaves nothing
 
 
@@ -279,7 +280,7 @@ def test_read_only_workdir_is_one_line(tmp_path, monkeypatch):
     raise OSError(30, "Read-only file system")
   monkeypatch.setattr(workdir.tempfile, "mkstemp", read_only)
   with pytest.raises(workdir.WorkdirError, match="is not writable .Read-only file system"):
-    workdir.require_run(str(tmp_path), writable=True)
+    workdir.require_writable(str(tmp_path))
   monkeypatch.setattr(workdir.os, "open", read_only)
   with pytest.raises(workdir.WorkdirError, match="cannot write to .* .Read-only file "
                                                   "system.: train.py needs a writable"):
