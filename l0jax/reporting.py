@@ -72,7 +72,7 @@ class MetricsLog:
         return
       # A new events file per start (its name would otherwise repeat within a second).
       self.writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
-                                  purge_step=resume_step + 1 if resume_step else None,
+                                  purge_step=resume_step + 1,
                                   filename_suffix=f".{os.getpid()}.{resume_step}")
 
   def write(self, record: Dict[str, Any]) -> None:
