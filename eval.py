@@ -13,7 +13,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from l0jax import cli, distributed, eval_lib, plots, reporting, train_lib, workdir as workdir_lib
+from l0jax import cli, distributed, eval_lib, plots, reporting, train_lib
+from l0jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:arg]); default: the config recorded in "

@@ -44,7 +44,8 @@ def _env(devices: int, extra=None):
 def train(topology: str, workdir: str, args) -> None:
   processes, devices = map(int, topology.split("x"))
   flags = ["--config=configs/fashion_mnist_mlp.py:runlocal", f"--workdir={workdir}",
-           f"--config.num_train_steps={args.steps}", f"--config.checkpoint_every_steps={args.every}",
+           f"--config.num_train_steps={args.steps}",
+           f"--config.checkpoint_every_steps={args.every}",
            f"--config.keep_checkpoints={args.steps // args.every + 1}",
            "--config.progress_bar=False", "--config.tensorboard=False"]
   with socket.socket() as s:

@@ -5,7 +5,7 @@ Both mains are::
     def main(argv):
       with cli.main_process():       # one-line errors; processes end together
         cli.start_main(config)       # logging, jax.distributed, config checks
-        ...                          # train_lib.train_and_evaluate / eval_lib.evaluate_checkpoint
+        ...                          # train_and_evaluate / evaluate_checkpoint
 
     app.run(main, flags_parser=cli.parse_flags)
 

@@ -30,10 +30,13 @@ All per-device arrays carry a leading device axis, sharded over a 1-D mesh named
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -686,6 +689,33 @@ def _save(checkpoints, step: int, state) -> None:
   checkpoints.save(step, host_state)
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops_after_the_call():
+  """Ctrl-C during training: a flag the loop checks after each call, so it stops at a
+  step it can save (a second Ctrl-C interrupts at once).
+
+  A KeyboardInterrupt raised wherever the signal lands can land in one of JAX's
+  garbage-collection callbacks, where Python prints and drops it and training goes on.
+  Left alone where SIGINT is ignored (a background job) or off the main thread.
+  """
+  requested: List[bool] = []
+
+  def handler(signum, frame):
+    del signum, frame
+    if requested:
+      raise KeyboardInterrupt
+    requested.append(True)
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield requested
+    return
+  signal.signal(signal.SIGINT, handler)
+  try:
+    yield requested
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _progress(total: int, initial: int, enabled: bool):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
@@ -741,7 +771,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     report = reporting.gate_report(unreplicate(state.params), config)
   # Otherwise the loop ends on an eval step (step == total_steps): reuse it.
   host_params = unreplicate(state.params)
-  summary = {"step": step, **result, **report, **reporting.constraint_report(task, host_params, config),
+  summary = {"step": step, **result, **report,
+             **reporting.constraint_report(task, host_params, config),
              "multipliers": [float(v) for v in unreplicate(state.constrained.multipliers)]}
   if is_main:
     print(reporting.format_summary(summary), flush=True)
@@ -778,60 +809,69 @@ def _train_loop(config, mesh, functions: StepFunctions, state, start_step: int,
   distributed.reached_preemption_sync_point(start_step)
   step = start_step
   result = report = None
-  try:
-    while step < total_steps:
-      # steps_per_call steps in one call where no event falls inside them, else one.
-      k = per_call
-      if k > 1 and next_event(step) - step >= k:
-        stacked = stack_batches([next(batches) for _ in range(k)])
-        state, metrics = functions.train_multi(state, shard_batch(stacked, mesh))
-      else:
-        k = 1
-        state, metrics = functions.train(state, shard_batch(next(batches), mesh))
-      guard.add(metrics)
-      first, step = step + 1, step + k
-      bar.update(k)
-      logs = step % config.log_every_steps == 0 or step == total_steps
-      evaluates = (eval_every > 0 and step % eval_every == 0) or step == total_steps
-      saves = step % config.checkpoint_every_steps == 0 or step == total_steps
-      # Every step number goes to the preemption service (it agrees on one of them);
-      # the run saves and stops at the end of the call that holds it.
-      preempted = any([distributed.reached_preemption_sync_point(s)  # SIGTERM, multi-process
-                       for s in range(first, step + 1)])
-      bad = guard.poll()  # never waits: flags of calls that are done
-      if not bad and (logs or evaluates or saves or preempted):
-        bad = guard.check()  # nothing is logged or saved past a non-finite step
-      if bad:
-        raise _non_finite(_nonfinite_metrics(metrics), bad, checkpoints)
-      if logs:
-        record = _host_metrics(metrics, task, step, config)
-        now = time.perf_counter()
-        record["examples_per_sec"] = ((step - last_log_step) * config.batch_size
-                                      / max(now - last_log_time, 1e-9))
-        last_log_time, last_log_step = now, step
-        log.write(record)
-        bar.set_postfix(reporting.progress_fields(record, task.layer_names), refresh=False)
-      if evaluates:
-        result = evaluate(state.params, functions.eval, eval_source, config, mesh)
-        report = reporting.gate_report(unreplicate(state.params), config)
-        log.write({"step": step, "eval": True, **result,
-                   **{k: report[k] for k in ("expected_density", "test_time_density")
-                      if k in report}})
-      if saves or preempted:
-        _save(checkpoints, step, state)
-      if preempted:
-        raise distributed.Preempted(
-            f"preempted at step {step}: saved a checkpoint of step {step} in {workdir}; "
-            "run the same command again to resume")
-  except KeyboardInterrupt:
-    last = checkpoints.latest_verified()
-    raise Interrupted(
-        f"interrupted at step {step}: " + (
-            f"the last checkpoint is step {last} in {checkpoints.directory}; run the "
-            "same command again to resume from it" if last is not None else
-            "no checkpoint was saved yet; run the same command again to start over")
-    ) from None
-  finally:
-    bar.close()
-    log.close()
+  with _ctrl_c_stops_after_the_call() as ctrl_c:
+    try:
+      while step < total_steps:
+        # steps_per_call steps in one call where no event falls inside them, else one.
+        k = per_call
+        if k > 1 and next_event(step) - step >= k:
+          stacked = stack_batches([next(batches) for _ in range(k)])
+          state, metrics = functions.train_multi(state, shard_batch(stacked, mesh))
+        else:
+          k = 1
+          state, metrics = functions.train(state, shard_batch(next(batches), mesh))
+        guard.add(metrics)
+        first, step = step + 1, step + k
+        bar.update(k)
+        logs = step % config.log_every_steps == 0 or step == total_steps
+        evaluates = (eval_every > 0 and step % eval_every == 0) or step == total_steps
+        saves = step % config.checkpoint_every_steps == 0 or step == total_steps
+        # Every step number goes to the preemption service (it agrees on one of them);
+        # the run saves and stops at the end of the call that holds it.
+        preempted = any([distributed.reached_preemption_sync_point(s)  # SIGTERM, multi-process
+                         for s in range(first, step + 1)])
+        stop = bool(ctrl_c)  # read once: the flag may be set while this step is handled
+        interrupted = stop and jax.process_count() == 1  # (several: see below)
+        bad = guard.poll()  # never waits: flags of calls that are done
+        if not bad and (logs or evaluates or saves or preempted or interrupted):
+          bad = guard.check()  # nothing is logged or saved past a non-finite step
+        if bad:
+          raise _non_finite(_nonfinite_metrics(metrics), bad, checkpoints)
+        if logs:
+          record = _host_metrics(metrics, task, step, config)
+          now = time.perf_counter()
+          record["examples_per_sec"] = ((step - last_log_step) * config.batch_size
+                                        / max(now - last_log_time, 1e-9))
+          last_log_time, last_log_step = now, step
+          log.write(record)
+          bar.set_postfix(reporting.progress_fields(record, task.layer_names), refresh=False)
+        if evaluates:
+          result = evaluate(state.params, functions.eval, eval_source, config, mesh)
+          report = reporting.gate_report(unreplicate(state.params), config)
+          log.write({"step": step, "eval": True, **result,
+                     **{k: report[k] for k in ("expected_density", "test_time_density")
+                        if k in report}})
+        if saves or preempted or interrupted:
+          _save(checkpoints, step, state)
+        if preempted:
+          raise distributed.Preempted(
+              f"preempted at step {step}: saved a checkpoint of step {step} in {workdir}; "
+              "run the same command again to resume")
+        if interrupted:
+          raise Interrupted(f"interrupted at step {step}: saved a checkpoint of step {step}"
+                            f" in {checkpoints.directory}; run the same command again to "
+                            "resume from it")
+        if stop:  # several processes: this one alone cannot save (saves are collective)
+          raise KeyboardInterrupt
+    except KeyboardInterrupt:
+      last = checkpoints.latest_verified()
+      raise Interrupted(
+          f"interrupted at step {step}: " + (
+              f"the last checkpoint is step {last} in {checkpoints.directory}; run the "
+              "same command again to resume from it" if last is not None else
+              "no checkpoint was saved yet; run the same command again to start over")
+      ) from None
+    finally:
+      bar.close()
+      log.close()
   return state, step, result, report

@@ -9,6 +9,7 @@ full disk).
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -92,6 +93,28 @@ def test_resume_after_a_flipped_bit_ends_bit_identical(fake_dataset, straight, t
   fi.flip_bit(fi.largest_file(str(path / "checkpoints" / "6")), random.Random(6))
   train_lib.train_and_evaluate(config, str(path), jax.devices()[:DEVICES])
   _assert_same_run(config, path, straight)
+
+
+def test_ctrl_c_saves_its_step_and_the_rerun_ends_bit_identical(fake_dataset, straight,
+                                                               tmp_path, monkeypatch):
+  config = _config(fake_dataset)
+  real_iterator = input_pipeline.train_iterator
+
+  def interrupted_iterator(*args, **kwargs):
+    for i, batch in enumerate(real_iterator(*args, **kwargs)):
+      if i == 4:  # Ctrl-C while step 5 is prepared and computed
+        os.kill(os.getpid(), signal.SIGINT)
+      yield batch
+  monkeypatch.setattr(input_pipeline, "train_iterator", interrupted_iterator)
+  with pytest.raises(train_lib.Interrupted, match=r"interrupted at step 5: saved a "
+                     r"checkpoint of step 5 in .*run the same command again") as info:
+    train_lib.train_and_evaluate(config, str(tmp_path), jax.devices()[:DEVICES])
+  assert info.value.exit_code == 130
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+  monkeypatch.undo()
+  assert workdir.Checkpoints(str(tmp_path)).verified_steps() == [3, 5]
+  train_lib.train_and_evaluate(config, str(tmp_path), jax.devices()[:DEVICES])
+  _assert_same_run(config, tmp_path, straight)
 
 
 def test_every_checkpoint_broken_starts_over_and_ends_bit_identical(
@@ -233,10 +256,11 @@ def test_export_faults(fake_dataset, straight, tmp_path):
 # ======================================================================================
 @pytest.fixture(scope="module")
 def process_run(fake_dataset, tmp_path_factory):
-  """(config, argv without --workdir, straight workdir, env): 24 steps, a checkpoint
-  every 2, run in-process on every device as the subprocesses run it."""
-  config = small_config(fake_dataset, num_train_steps=24, checkpoint_every_steps=2,
-                        log_every_steps=1, eval_every_steps=12, keep_checkpoints=2)
+  """(config, argv without --workdir, straight workdir, env): 48 steps, a checkpoint
+  every 2 (a second or more of saves, so signals land in training), run in-process on
+  every device as the subprocesses run it."""
+  config = small_config(fake_dataset, num_train_steps=48, checkpoint_every_steps=2,
+                        log_every_steps=1, eval_every_steps=24, keep_checkpoints=2)
   root = tmp_path_factory.mktemp("processes")
   train_lib.train_and_evaluate(config, str(root / "straight"))
   env = fi.child_env({"JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
@@ -245,11 +269,9 @@ def process_run(fake_dataset, tmp_path_factory):
   return config, _config_flags(config), root / "straight", env
 
 
-def _wait_for_training(path, proc):
-  """Until the run logged a step after its checkpoint (a kill then lands in training or
-  in a save)."""
-  assert fi.wait_for_step(str(path), proc, fi.latest_checkpoint(str(path)) + 1), (
-      proc.communicate())
+def _wait_for_step(path, proc, step):
+  """Until the run logged ``step`` (or later) past its checkpoint."""
+  assert fi.wait_for_step(str(path), proc, step), proc.communicate()
 
 
 def test_a_run_through_process_faults_ends_bit_identical(process_run, tmp_path):
@@ -267,20 +289,25 @@ def test_a_run_through_process_faults_ends_bit_identical(process_run, tmp_path):
   assert os.listdir(path / "checkpoints") == []
   # Ctrl-C in training: one line naming the checkpoint a rerun resumes from.
   proc = fi.start("train.py", args, env)
-  _wait_for_training(path, proc)
-  time.sleep(rng.uniform(0, 0.5))
+  _wait_for_step(path, proc, 1)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err
-  assert err.strip().splitlines()[-1].startswith("error: interrupted at step "), err
-  assert "run the same command again" in err and "Traceback" not in err
+  assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
+  assert re.fullmatch(r"error: interrupted at step (\d+): saved a checkpoint of step \1 "
+                      r"in .*; run the same command again to resume from it", err.strip()), err
   # kill -9 at random moments of training (a save every 2 steps).
+  killed = 0
   for _ in range(2):
+    resumed = fi.latest_checkpoint(str(path))
     proc = fi.start("train.py", args, env)
-    _wait_for_training(path, proc)
-    time.sleep(rng.uniform(0, 1.0))
-    proc.send_signal(signal.SIGKILL)
+    _wait_for_step(path, proc, rng.randrange(resumed + 1, resumed + 10))
+    time.sleep(rng.uniform(0, 0.2))
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      killed += 1
     proc.communicate(timeout=120)
+  assert killed, "every run ended before its kill"
   # Two at once: one is refused, naming the other's pid; the other ends the run.
   procs = [fi.start("train.py", args, env) for _ in range(2)]
   results = [subprocess.CompletedProcess(p.args, p.wait(), *p.communicate())
