@@ -1,14 +1,15 @@
 """Fault injection against train.py / eval.py, run as a user runs them (subprocesses).
 
     python experiments/fault_injection.py                       # the README's counts
-    python experiments/fault_injection.py --trials=2 --kills_per_trial=2 --flips=3
+    python experiments/fault_injection.py --trials=2 --kills_per_trial=2 --flips=3 --interrupts=1
 
 Every fault is injected into a real run of ``configs/fashion_mnist_mlp.py:runlocal``
 (real Fashion-MNIST unless ``--config.*`` overrides are passed after ``--``):
 
 * kill -9 at a random moment of a run (a quarter in start-up and compilation, the rest
-  within a second after a random training step: training, evaluation and checkpoint
-  writes), several times, then the same command until it ends;
+  just after a random training step: training, evaluation and checkpoint writes),
+  several times, then the same command until it ends;
+* Ctrl-C at a random step, then the same command again;
 * one flipped bit in a random file of the newest checkpoint, a truncated or removed
   file, a removed or corrupted checksum, then the same command again;
 * a full disk (a file-size limit), two train.py at once on one workdir, a diverging run
@@ -221,7 +222,7 @@ def kill_trial(args: Sequence[str], workdir: str, kills: int, total_steps: int,
                ) -> Tuple[List[str], subprocess.CompletedProcess]:
   """Up to ``kills`` times: start ``train.py args`` and kill -9 it at a random moment:
   a quarter of the kills at a uniform time in start-up (``[0, startup_s)``), the rest
-  within 1 s after a uniformly chosen step past its checkpoint was logged (training,
+  within 0.3 s after a uniformly chosen step past its checkpoint was logged (training,
   evaluation and checkpoint writes). Then runs it to the end. Returns (where each kill
   landed, the last run)."""
   where = []
@@ -242,7 +243,7 @@ def kill_trial(args: Sequence[str], workdir: str, kills: int, total_steps: int,
     else:
       target = rng.randrange(resumed + 1, total_steps)
       ended = not wait_for_step(workdir, proc, target)
-      time.sleep(rng.uniform(0, 1.0))
+      time.sleep(rng.uniform(0, 0.3))
       label = f"after step {max(logged_steps(workdir), default=0)}"
     if not ended and proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
@@ -311,6 +312,7 @@ def main(argv=None):
   parser.add_argument("--trials", type=int, default=5, help="kill -9 trials")
   parser.add_argument("--kills_per_trial", type=int, default=4)
   parser.add_argument("--flips", type=int, default=20, help="single-bit flips")
+  parser.add_argument("--interrupts", type=int, default=5, help="Ctrl-C trials")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("extra", nargs="*", help="--config.X=V passed to every run")
   args = parser.parse_args(argv)
@@ -344,6 +346,24 @@ def main(argv=None):
     counts["survived bit-identically"] += len(where) if ok else 0
     report("kill -9", ok, f"trial {trial}: killed {'; '.join(where)}; then rc "
            f"{last.returncode}")
+
+  # Ctrl-C at a random step: one line, that step saved, the rerun ends bit-identical
+  for trial in range(args.interrupts):
+    workdir = os.path.join(scratch, f"interrupted_{trial}")
+    proc = start("train.py", train_args(workdir, extra))
+    if not wait_for_step(workdir, proc, rng.randrange(1, TOTAL_STEPS)):
+      proc.communicate()
+      continue  # it ended first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate()
+    clear, line = one_clear_line(subprocess.CompletedProcess(proc.args, proc.returncode,
+                                                             out, err))
+    last = run("train.py", train_args(workdir, extra))
+    ok = (clear and proc.returncode == 130 and "saved a checkpoint of step" in line
+          and last.returncode == 0 and same_run(workdir, straight))
+    counts["faults injected"] += 1
+    counts["survived bit-identically"] += ok
+    report("Ctrl-C", ok, line)
 
   # broken checkpoint files (flips at random, then each file fault once)
   faults = [("flip a bit in a random file", lambda d, r: flip_bit(
