@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from configs import fashion_mnist_resnet20
-from l0jax import data, train_lib
+from l0jax import data, eval_lib, train_lib
 
 
 class Killed(Exception):
@@ -76,8 +76,8 @@ def test_resume_with_batch_statistics_is_bit_identical(image_datasets, tmp_path,
     train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
   monkeypatch.setattr(data, "train_iterator", real_iterator)
   train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
-  _, a = train_lib.restore_for_eval(config, str(tmp_path / "straight"))
-  _, b = train_lib.restore_for_eval(config, str(tmp_path / "resumed"))
+  _, a = eval_lib.restore_for_eval(config, str(tmp_path / "straight"))
+  _, b = eval_lib.restore_for_eval(config, str(tmp_path / "resumed"))
   assert int(a.step) == int(b.step) == 4
   assert jax.tree.leaves(a.batch_stats)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
