@@ -1,0 +1,35 @@
+"""Issue 18, the LeNet gap: LeNet-5 at 10% density against its dense error in 10 epochs.
+
+    nice -n 10 python experiments/sweep.py --spec=experiments/lenet_gap.py \
+        --root=/tmp/l0jax_sweeps/lenet_gap --out=experiments/results/lenet_gap
+
+Round 1 changes one setting of configs/fashion_mnist_lenet.py at a time (seed 0); the
+later rounds combine what helped. Every block is a list of trials; the results table is
+the trial log (experiments/results/lenet_gap/results.csv).
+"""
+
+CONFIG = "configs/fashion_mnist_lenet.py"
+# The config's settings before issue 18, spelled out so the trials mean the same after
+# its defaults change.
+BEFORE = {"gate_learning_rate": 0.02, "dual_learning_rate": 0.05}
+
+
+def _one(name, **grid):
+  return {"name": name, "config": CONFIG, "overrides": BEFORE, "grid": grid,
+          "seeds": [0]}
+
+
+def get_sweep():
+  return [
+      {"name": "dense", "config": CONFIG, "overrides": {"gated": False}, "seeds": [0]},
+      {"name": "before", "config": CONFIG, "overrides": BEFORE, "seeds": [0]},
+      # Round 1: one setting at a time.
+      _one("schedule", lr_schedule=["cosine"]),
+      _one("weight_lr", learning_rate=[1.5e-3, 3e-3]),
+      _one("gate_lr", gate_learning_rate=[0.005, 0.05]),
+      _one("dual_lr", dual_learning_rate=[0.01, 0.2]),
+      _one("rescale", rescale_init=[True]),
+      _one("scheme", scheme=["extragradient", "alternating"]),
+      _one("restarts", dual_restarts=[False]),
+      _one("noise", sample_per_example=[False]),
+  ]
