@@ -27,6 +27,8 @@ def get_config():
   config.sample_per_example = True        # gate noise per example (else once per device batch)
   config.test_gate = "median"             # "median" | "eq13"
   config.rescale_init = False             # kernels * 1/(1 - droprate_init) at init
+  config.droprate_init = -1.0             # every gate's initial drop rate in (0, 1); < 0: the
+                                          # model's (MLP: 0.2 inputs, 0.5 others; LeNet: 0.5)
   config.ops_method = "auto"              # conv/pool: "auto" (matmul forms on CPU, XLA's elsewhere) | "matmul" | "xla"
 
   # Sparsity formulation --------------------------------------------------------------

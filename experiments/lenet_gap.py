@@ -32,4 +32,16 @@ def get_sweep():
       _one("scheme", scheme=["extragradient", "alternating"]),
       _one("restarts", dual_restarts=[False]),
       _one("noise", sample_per_example=[False]),
+      # Round 2: the faster weights (learning_rate) with the settings that helped alone.
+      {"name": "dense_lr", "config": CONFIG, "overrides": {"gated": False},
+       "grid": {"learning_rate": [1.5e-3]}, "seeds": [0]},
+      _one("lr_gate", learning_rate=[1e-3, 1.5e-3, 2e-3], gate_learning_rate=[0.05]),
+      _one("lr_dual", learning_rate=[1.5e-3], dual_learning_rate=[0.01, 0.02]),
+      _one("lr_gate_dual", learning_rate=[1.5e-3], gate_learning_rate=[0.05],
+           dual_learning_rate=[0.01, 0.02]),
+      _one("lr_rescale", learning_rate=[1.5e-3], rescale_init=[True]),
+      _one("lr_cosine", learning_rate=[3e-3], gate_learning_rate=[0.05],
+           lr_schedule=["cosine"]),
+      # Round 3: the gates' initial drop rate (0.5 in the paper: P(open) = 0.83).
+      _one("droprate", droprate_init=[0.1, 0.3, 0.7]),
   ]

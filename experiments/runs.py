@@ -194,12 +194,15 @@ def resolved_config(run: Run) -> Dict[str, Any]:
 
 def check_workdir(run: Run) -> None:
   """Raises :class:`SweepError` when ``run.workdir`` holds a run of another config (e.g.
-  after a config file's defaults changed): resuming or skipping it would be wrong."""
+  after a config file's defaults changed): resuming or skipping it would be wrong.
+  Fields that only the recorded or only the current config has are not compared."""
   recorded = (_read_json(os.path.join(run.workdir, RUN_FILE)) or {}).get("resolved_config")
   if recorded is None:
     return
   now = resolved_config(run)
-  changed = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+  # Fields only one side has came with another code version (a new field's default
+  # keeps the old behaviour): only values both have are compared.
+  changed = sorted(k for k in set(now) & set(recorded) if now[k] != recorded[k])
   if changed:
     raise SweepError(
         f"{run.workdir} holds a run with other settings ({', '.join(changed)} differ); "

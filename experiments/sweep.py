@@ -96,21 +96,26 @@ def expand(blocks: Sequence[Block], root: str) -> List[runs.Run]:
   return out
 
 
+def parse_assignments(texts: Sequence[str]) -> Dict[str, str]:
+  """``["FIELD=VALUE", ...]`` -> ``{FIELD: "VALUE"}`` (the text after the first ``=``)."""
+  out = {}
+  for text in texts:
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+      raise runs.SweepError(f"expected FIELD=VALUE, got {text!r}")
+    out[field] = value
+  return out
+
+
 def block_from_flags(config: str, grid: Sequence[str], sets: Sequence[str],
                      seeds: str) -> Block:
   """One block from ``--grid=FIELD=V1,V2`` / ``--set=FIELD=V`` command-line text."""
-  def pair(text):
-    field, sep, value = text.partition("=")
-    if not sep:
-      raise runs.SweepError(f"expected FIELD=VALUE, got {text!r}")
-    return field, value
-
   name = os.path.splitext(os.path.basename(config.partition(":")[0]))[0]
   return check_block({
       "name": name, "config": config,
       "grid": {f: [runs.parse_value(x) for x in _split_top(v)]
-               for f, v in map(pair, grid)},
-      "overrides": {f: runs.parse_value(v) for f, v in map(pair, sets)},
+               for f, v in parse_assignments(grid).items()},
+      "overrides": {f: runs.parse_value(v) for f, v in parse_assignments(sets).items()},
       "seeds": [int(s) for s in seeds.split(",")]})
 
 

@@ -36,28 +36,30 @@ def pareto_front(points):
 
 
 def plot_density(records, groups: Sequence[str], field: str, path: str) -> str:
-  """Final expected density (one dot per run, the mean over seeds joined) vs ``field``."""
+  """Final expected density (one dot per run, the means over seeds joined) vs ``field``;
+  against ``target_density`` as points off the target, with the ±1 point band."""
   fig, ax = plt.subplots(figsize=(5.5, 4.2))
-  xs_all = []
+  off_target = field == "target_density"
+  y = ((lambda r: 100 * (r["expected_density"] - r["target_density"])) if off_target
+       else (lambda r: r["expected_density"]))
   for group in groups:
     rs = [r for r in records if r["group"] == group and runs.is_number(r.get(field))]
     xs = sorted({r[field] for r in rs})
-    xs_all += xs
-    means = [sum(r["expected_density"] for r in rs if r[field] == x)
-             / sum(r[field] == x for r in rs) for x in xs]
+    means = [sum(y(r) for r in rs if r[field] == x) / sum(r[field] == x for r in rs)
+             for x in xs]
     line, = ax.plot(xs, means, "-", lw=1, label=group)
-    ax.plot([r[field] for r in rs], [r["expected_density"] for r in rs], "o", ms=4,
-            alpha=0.6, color=line.get_color())
-  if field == "target_density" and xs_all:
-    lo, hi = min(xs_all), max(xs_all)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="target")
-    ax.fill_between([lo, hi], [lo - runs.TOLERANCE, hi - runs.TOLERANCE],
-                    [lo + runs.TOLERANCE, hi + runs.TOLERANCE], color="k", alpha=0.1,
-                    label="target ± 1 point")
+    ax.plot([r[field] for r in rs], [y(r) for r in rs], "o", ms=4, alpha=0.6,
+            color=line.get_color())
+  if off_target:
+    ax.axhline(0, color="k", ls="--", lw=1, label="target")
+    ax.axhspan(-100 * runs.TOLERANCE, 100 * runs.TOLERANCE, color="k", alpha=0.1,
+               label="target ± 1 point")
+    ax.set_ylabel("final expected density - target (points)")
+  else:
+    ax.set_ylabel("final expected density")
   if field == "penalty":
     ax.set_xscale("log")
   ax.set_xlabel(field)
-  ax.set_ylabel("final expected density")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   return _save(fig, path)

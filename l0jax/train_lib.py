@@ -91,8 +91,11 @@ def build_model(config):
   common = dict(gated=config.gated, unstructured=config.unstructured,
                 sample_per_example=config.sample_per_example,
                 test_gate=config.test_gate, rescale_init=config.rescale_init)
+  if config.droprate_init >= 0:  # else the model's defaults
+    common["droprate"] = float(config.droprate_init)
   if config.model == "mlp":
-    return MLP(features=tuple(config.mlp_features),
+    input_droprate = common.get("droprate", MLP.input_droprate)
+    return MLP(features=tuple(config.mlp_features), input_droprate=input_droprate,
                num_classes=input_pipeline.NUM_CLASSES, **common)
   return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
                      dense_features=config.lenet_dense_features,
@@ -149,6 +152,9 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
       config.num_epochs < 1 and config.num_train_steps <= 0):
     _fail("num_epochs", config.num_epochs,
           "must be an integer >= 1 (or set num_train_steps > 0)")
+  d = config.droprate_init
+  if not isinstance(d, (int, float)) or not (d < 0 or 0 < d < 1):
+    _fail("droprate_init", d, "must be in (0, 1), or < 0 for the model's defaults")
   t = config.target_density
   if not isinstance(t, (int, float)) or not 0 < t <= 1:
     _fail("target_density", t, "must be in (0, 1]")

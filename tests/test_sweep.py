@@ -236,3 +236,55 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(fake_dataset, tmp_path):
   assert record["status"] == "failed"
   assert "train.py exited" in record["error"] and "batch_size" in record["error"]
   assert not math.isnan(json.load(open(tmp_path / "r" / runs.TIMES_FILE))["train_s"])
+
+
+def test_calibrate_penalty_reuses_runs_and_hits_every_target(monkeypatch, tmp_path):
+  from experiments import calibrate_penalty
+  calls = []
+
+  def fake_run_one(run):  # a decreasing penalty -> density map, as training gives
+    calls.append(run)
+    return {"status": "done", "expected_density": 1.0 / (1.0 + 20 * run.overrides["penalty"])}
+
+  monkeypatch.setattr(runs, "run_one", fake_run_one)
+  targets = (0.1, 0.33, 0.5, 0.7)
+  result = calibrate_penalty.calibrate("configs/fashion_mnist_mlp.py", targets,
+                                       {"num_epochs": 3}, str(tmp_path), "pen",
+                                       lo=1e-3, hi=10.0, tol=0.01, log=lambda *_: None)
+  for c in result["chosen"]:
+    exact = (1 / c["target"] - 1) / 20  # the penalty giving the target exactly
+    assert abs(c["density"] - c["target"]) <= 0.01 and c["within_tol"]
+    assert c["density"] == 1.0 / (1.0 + 20 * c["penalty"])
+    assert abs(c["penalty"] - exact) / exact < 0.2
+  penalties = [r.overrides["penalty"] for r in calls]
+  assert len(penalties) == len(set(penalties)) == len(result["runs"])  # each run once
+  # The workdirs a sweep block over the chosen penalties gives the same runs.
+  block = sweep.check_block({"name": "pen", "config": "configs/fashion_mnist_mlp.py",
+                             "overrides": {"num_epochs": 3, "method": "penalized"},
+                             "grid": {"penalty": penalties}})
+  swept = sweep.expand([block], str(tmp_path))
+  assert [r.workdir for r in swept] == [r.workdir for r in calls]
+  assert all(runs.resolved_config(a) == runs.resolved_config(b)
+             for a, b in zip(swept, calls))
+  assert all(r.overrides["num_epochs"] == 3 and r.overrides["method"] == "penalized"
+             for r in calls)
+
+
+def test_check_workdir_compares_the_fields_both_configs_have(tmp_path):
+  run = runs.Run("configs/fashion_mnist_mlp.py", {"target_density": 0.2}, 0,
+                 str(tmp_path / "r"))
+  os.makedirs(run.workdir)
+  recorded = runs.resolved_config(run)
+
+  def record(cfg):
+    with open(os.path.join(run.workdir, runs.RUN_FILE), "w") as f:
+      json.dump({"resolved_config": cfg}, f)
+
+  record(recorded)
+  runs.check_workdir(run)  # same settings
+  old_code = {k: v for k, v in recorded.items() if k != "droprate_init"}
+  record({**old_code, "a_field_since_removed": 1})
+  runs.check_workdir(run)  # fields of another code version are not compared
+  record({**recorded, "target_density": 0.3, "seed": 4})
+  with pytest.raises(runs.SweepError, match="seed, target_density differ"):
+    runs.check_workdir(run)

@@ -162,7 +162,7 @@ BAD_VALUES = [
     ("learning_rate", -1e-3), ("gate_learning_rate", -1.0), ("dual_learning_rate", -0.1),
     ("method", "magic"), ("constraint", "global"), ("scheme", "sgda"),
     ("test_gate", "mean"), ("parallel", "vmap"), ("optimizer", "lion"),
-    ("steps_per_dispatch", 0),
+    ("steps_per_dispatch", 0), ("droprate_init", 1.0), ("droprate_init", 0.0),
 ]
 
 
@@ -173,6 +173,28 @@ def test_bad_config_values_fail_with_field_named(fake_dataset, field, value):
   with pytest.raises(train_lib.ConfigError, match=f"config.{field}=") as info:
     train_lib.validate_config(config, 4)
   assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet5"])
+def test_droprate_init_sets_every_gates_initial_open_probability(fake_dataset, model):
+  config = small_config(fake_dataset, model=model, droprate_init=0.3)
+  task = train_lib.make_task(config, 10)
+  params = train_lib.init_state(config, task).params
+  # P(z != 0) of log_alpha = logit(1 - 0.3) (+ N(0, 0.01^2) noise), in float64.
+  beta, gamma, zeta = 2 / 3, -0.1, 1.1
+  want = 1 / (1 + np.exp(-(np.log(0.7 / 0.3) - beta * np.log(-gamma / zeta))))
+  log_alphas = [np.asarray(v["log_alpha"], np.float64) for v in params.values()]
+  assert len(log_alphas) == (3 if model == "mlp" else 4)
+  for la in log_alphas:
+    p = 1 / (1 + np.exp(-(la - beta * np.log(-gamma / zeta))))
+    np.testing.assert_allclose(p, want, atol=0.01)
+  # < 0 keeps the model's own: the MLP's input gates start at drop rate 0.2.
+  default = train_lib.init_state(small_config(fake_dataset, model=model),
+                                 train_lib.make_task(small_config(fake_dataset,
+                                                                  model=model), 10))
+  first = np.asarray(default.params["fc1" if model == "mlp" else "conv1"]["log_alpha"])
+  np.testing.assert_allclose(first.mean(), np.log(0.8 / 0.2) if model == "mlp" else 0.0,
+                             atol=0.01)
 
 
 def test_layerwise_target_list_length(fake_dataset):
