@@ -44,4 +44,17 @@ def get_sweep():
            lr_schedule=["cosine"]),
       # Round 3: the gates' initial drop rate (0.5 in the paper: P(open) = 0.83).
       _one("droprate", droprate_init=[0.1, 0.3, 0.7]),
+      # Round 4: the two that closed most of the gap (faster weights with a slower
+      # dual; gates that start open), on more seeds and together.
+      {"name": "lr_dual_seeds", "config": CONFIG, "overrides": BEFORE,
+       "grid": {"learning_rate": [1.5e-3], "dual_learning_rate": [0.01]},
+       "seeds": [1, 2]},
+      _one("droprate_dual", droprate_init=[0.1], dual_learning_rate=[0.01]),
+      _one("droprate_lr_dual", droprate_init=[0.1], learning_rate=[1.5e-3],
+           dual_learning_rate=[0.01]),
+      _one("droprate_gate_dual", droprate_init=[0.1], gate_learning_rate=[0.05],
+           dual_learning_rate=[0.01]),
+      # Round 5: gates that start open need a faster dual than 0.01 to reach 10%.
+      _one("droprate_lr", droprate_init=[0.1], learning_rate=[1.5e-3],
+           dual_learning_rate=[0.02, 0.05]),
   ]

@@ -179,6 +179,14 @@ def test_runlocal_grid_end_to_end_and_resume(fake_dataset, tmp_path):
     assert a["test_error"] == b["test_error"]
     assert a["expected_density"] == b["expected_density"]
 
+  # The capacity check retrains the purged architecture of a finished run.
+  from experiments import retrain_purged
+  retrained = retrain_purged.retrain(records[0]["workdir"])
+  assert retrained["architecture"] == records[0]["architecture"]
+  assert retrained["test_error_gated"] == records[0]["test_error"]
+  assert retrained["n_params"] == records[0]["purged_params"]
+  assert 0.0 <= retrained["test_error_retrained"] <= 1.0
+
   # A workdir that holds a run of other settings is refused, not resumed.
   changed = [{**blocks[0], "overrides": {**small, "gate_learning_rate": 0.5}}]
   with pytest.raises(runs.SweepError, match="gate_learning_rate"):
