@@ -40,13 +40,14 @@ def get_config():
   config.sample_per_example = True        # gate noise per example (else once per device batch)
   config.test_gate = "median"             # "median" | "eq13"
   config.rescale_init = False             # kernels * 1/(1 - droprate_init) at init
+  config.droprate_init = -1.0             # every gate's initial drop rate in (0, 1); < 0: the
+                                          # model's (MLP: 0.2 inputs, 0.5 others; LeNet, ResNets, VGG: 0.5; WRN: 0.3)
   config.ops_method = "auto"              # conv/pool: "auto" (matmul forms on CPU, XLA's elsewhere) | "matmul" | "xla"
   # Residual CNNs ("wrn" | "resnet" | "cifar_resnet" | "vgg"; l0jax/models/):
   config.depth = 28                       # wrn: 6n+4; resnet: 18/34/50; cifar_resnet: 6n+2; vgg: 11/13/16/19
   config.widen_factor = 10                # wrn: k
   config.width_scale = 1.0                # multiplies every CNN width (tiny models for tests / runlocal)
   config.dropout = 0.0                    # wrn: between the convolutions of a block
-  config.droprate_init = 0.5              # CNNs: initial drop probability of every gate
   config.bn_momentum = 0.9                # BatchNorm running statistics (PyTorch's 0.1)
   config.dtype = "float32"                # compute dtype: "float32" | "bfloat16" (params, gates, BN stats, duals stay float32)
 

@@ -101,15 +101,18 @@ def build_model(config):
                 sample_per_example=config.sample_per_example,
                 test_gate=config.test_gate, rescale_init=config.rescale_init,
                 ops_method=config.ops_method, dtype=DTYPES[config.dtype])
+  if config.droprate_init >= 0:  # else the model's defaults
+    common["droprate"] = float(config.droprate_init)
   if config.model == "mlp":
-    return MLP(features=tuple(config.mlp_features), num_classes=num_classes, **common)
+    input_droprate = common.get("droprate", MLP.input_droprate)
+    return MLP(features=tuple(config.mlp_features), input_droprate=input_droprate,
+               num_classes=num_classes, **common)
   if config.model == "lenet5":
     return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
                        dense_features=config.lenet_dense_features,
                        num_classes=num_classes, **common)
   common.update(axis_name=AXIS, bn_momentum=config.bn_momentum,
-                width_scale=config.width_scale, num_classes=num_classes,
-                droprate=config.droprate_init)
+                width_scale=config.width_scale, num_classes=num_classes)
   if config.model == "wrn":
     return models.WideResNet(depth=config.depth, widen_factor=config.widen_factor,
                              dropout=config.dropout, **common)
@@ -195,8 +198,6 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
     value = config[field]
     if not isinstance(value, (int, float)) or not 0 <= value < (1 if field != "weight_decay" else math.inf):
       _fail(field, value, "must be >= 0" + ("" if field == "weight_decay" else " and < 1"))
-  if not 0 < config.droprate_init < 1:
-    _fail("droprate_init", config.droprate_init, "must be in (0, 1)")
   if not 0 <= config.bn_momentum < 1:
     _fail("bn_momentum", config.bn_momentum, "must be in [0, 1)")
   if config.lr_schedule == "step":
@@ -246,6 +247,9 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
       config.num_epochs < 1 and config.num_train_steps <= 0):
     _fail("num_epochs", config.num_epochs,
           "must be an integer >= 1 (or set num_train_steps > 0)")
+  d = config.droprate_init
+  if not isinstance(d, (int, float)) or not (d < 0 or 0 < d < 1):
+    _fail("droprate_init", d, "must be in (0, 1), or < 0 for the model's defaults")
   t = config.target_density
   if not isinstance(t, (int, float)) or not 0 < t <= 1:
     _fail("target_density", t, "must be in (0, 1]")

@@ -172,6 +172,7 @@ BAD_VALUES = [
     ("eval_every_steps", -7), ("momentum", 1.5), ("seed", -1), ("num_train_steps", -5),
     ("num_train_steps", 0), ("keep_checkpoints", 0), ("penalty", 0.5),
     ("penalty", float("nan")), ("train_split", ""),
+    ("droprate_init", 1.0), ("droprate_init", 0.0),
 ]
 
 
@@ -193,6 +194,28 @@ def test_penalized_needs_a_penalty(fake_dataset):
   config.gated = False  # nothing to penalize: no penalty needed
   config.penalty = 0.0
   train_lib.validate_config(config, 4)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet5"])
+def test_droprate_init_sets_every_gates_initial_open_probability(fake_dataset, model):
+  config = small_config(fake_dataset, model=model, droprate_init=0.3)
+  task = train_lib.make_task(config, 10)
+  params = train_lib.init_state(config, task).params
+  # P(z != 0) of log_alpha = logit(1 - 0.3) (+ N(0, 0.01^2) noise), in float64.
+  beta, gamma, zeta = 2 / 3, -0.1, 1.1
+  want = 1 / (1 + np.exp(-(np.log(0.7 / 0.3) - beta * np.log(-gamma / zeta))))
+  log_alphas = [np.asarray(v["log_alpha"], np.float64) for v in params.values()]
+  assert len(log_alphas) == (3 if model == "mlp" else 4)
+  for la in log_alphas:
+    p = 1 / (1 + np.exp(-(la - beta * np.log(-gamma / zeta))))
+    np.testing.assert_allclose(p, want, atol=0.01)
+  # < 0 keeps the model's own: the MLP's input gates start at drop rate 0.2.
+  default = train_lib.init_state(small_config(fake_dataset, model=model),
+                                 train_lib.make_task(small_config(fake_dataset,
+                                                                  model=model), 10))
+  first = np.asarray(default.params["fc1" if model == "mlp" else "conv1"]["log_alpha"])
+  np.testing.assert_allclose(first.mean(), np.log(0.8 / 0.2) if model == "mlp" else 0.0,
+                             atol=0.01)
 
 
 def test_layerwise_target_list_length(fake_dataset):
