@@ -195,17 +195,17 @@ def resolved_config(run: Run) -> Dict[str, Any]:
 def check_workdir(run: Run) -> None:
   """Raises :class:`SweepError` when ``run.workdir`` holds a run of another config (e.g.
   after a config file's defaults changed): resuming or skipping it would be wrong.
-  Fields that only the recorded or only the current config has are not compared."""
+
+  The comparison is train.py's (``l0jax.workdir.config_changes``): fields that may change
+  on resume (logging, processes, ...) and fields only one side has are not compared."""
+  from l0jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   recorded = (_read_json(os.path.join(run.workdir, RUN_FILE)) or {}).get("resolved_config")
   if recorded is None:
     return
-  now = resolved_config(run)
-  # Fields only one side has came with another code version (a new field's default
-  # keeps the old behaviour): only values both have are compared.
-  changed = sorted(k for k in set(now) & set(recorded) if now[k] != recorded[k])
+  changed = workdir_lib.config_changes(recorded, resolved_config(run))
   if changed:
     raise SweepError(
-        f"{run.workdir} holds a run with other settings ({', '.join(changed)} differ); "
+        f"{run.workdir} holds a run with other settings ({'; '.join(changed)}); "
         "remove it or sweep into another --root")
 
 

@@ -293,6 +293,9 @@ def test_check_workdir_compares_the_fields_both_configs_have(tmp_path):
   old_code = {k: v for k, v in recorded.items() if k != "droprate_init"}
   record({**old_code, "a_field_since_removed": 1})
   runs.check_workdir(run)  # fields of another code version are not compared
+  record({**recorded, "log_every_steps": 7, "distributed_heartbeat_timeout_s": 100})
+  runs.check_workdir(run)  # fields a resume may change (l0jax.workdir) are not compared
   record({**recorded, "target_density": 0.3, "seed": 4})
-  with pytest.raises(runs.SweepError, match="seed, target_density differ"):
+  with pytest.raises(runs.SweepError,
+                     match=r"seed: 4 -> 0; target_density: 0.3 -> 0.2\)"):
     runs.check_workdir(run)
