@@ -756,7 +756,15 @@ def macs_graph(model: nn.Module, params, input_shape: Sequence[int], *,
   the previous layer's channel gates, its outputs by its own channel gates
   (unstructured gates as weight gates). A layer without gates is always on.
   ``log_alphas`` as in :func:`purge`.
+
+  For a channel-gated CNN (``model.channel_sources()``), every convolution and dense
+  layer: a gated one's outputs kept by its gates, and the inputs of a layer that reads a
+  gated layer directly kept by that layer's gates. A residual stream stays whole (the
+  shortcut keeps every channel alive), so layers reading a block's output count all of
+  its channels.
   """
+  if has_channel_graph(model):
+    return _channel_macs_graph(model, _unwrap(params), input_shape, log_alphas)
   params = _with_log_alphas(params, log_alphas)
   ops = architecture_ops(model)
   check_ops(ops, params, input_shape=input_shape)
@@ -775,6 +783,23 @@ def macs_graph(model: nn.Module, params, input_shape: Sequence[int], *,
         weights=op.name if kind == density.UNSTRUCTURED else None)
     prev = op.name
   return graph
+
+
+def _channel_macs_graph(model: nn.Module, params, input_shape, log_alphas
+                        ) -> Dict[str, density.Linear]:
+  """:func:`macs_graph` of a channel-gated CNN, from :func:`layer_table`."""
+  if log_alphas is not None:
+    raise ValueError("macs_graph of a channel-gated CNN reads the gates from its params")
+  if input_shape is None:
+    raise ValueError("macs_graph needs input_shape=(H, W, C) for a CNN")
+  gated = {name for name, layer in density.gated_layers(params).items()
+           if layer.kind == density.OUTPUTS}
+  sources = model.channel_sources()
+  return {path: density.Linear(
+              row["macs"],
+              inputs=(sources[path],) if sources.get(path) in gated else (),
+              outputs=(path,) if path in gated else ())
+          for path, row in layer_table(model, input_shape).items()}
 
 
 def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = None,

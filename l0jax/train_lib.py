@@ -64,7 +64,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 PARALLEL = ("pmap", "shard_map")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian")
-DENSITY_MODES = ("independent", "cascade")
+DENSITY_MODES = ("independent", "cascade", "macs")
 
 
 class ConfigError(UserError, ValueError):
@@ -358,15 +358,32 @@ def make_dual_optimizer(config, problem):
   return constrained.dual_optimizer(problem, inner, restarts=config.dual_restarts)
 
 
-def constraint_fn(config) -> Callable:
-  """params -> vector of constraint values (model-wise or per-layer expected density).
+def macs_graph(config, model=None):
+  """The MACs graph (``purge.macs_graph``) of the config's gated model."""
+  from l0jax import purge  # pylint: disable=g-import-not-at-top
+  model = build_model(config) if model is None else model
+  return purge.macs_graph(model, abstract_params(config), input_shape(config))
+
+
+def constraint_fn(config, model=None) -> Callable:
+  """params -> vector of constraint values (model-wise or per-layer density).
 
   ``density_mode="independent"`` is the papers' expected L0 of each layer's own gates;
   ``"cascade"`` also counts what a closed gate makes dead in the neighbouring layers
-  (``density.cascade_layer_densities``), i.e. the size purging deploys.
+  (``density.cascade_layer_densities``), i.e. the size purging deploys; ``"macs"`` is
+  the expected multiply-accumulates over the dense ones (``density.macs_density`` on
+  :func:`macs_graph`: a closed channel also removes its input channel from the layer
+  that reads it), model-wise or per gated layer.
   """
   if not config.gated:
     return lambda params: jnp.zeros((0,), jnp.float32)
+  if config.density_mode == "macs":
+    graph = macs_graph(config, model)
+    if config.constraint == "model":
+      return lambda params: density.macs_density(graph, params)[None]
+    names = tuple(density.gated_layers(abstract_params(config)))
+    return lambda params: jnp.stack([
+        density.layer_macs(graph, params)[n] / graph[n].macs for n in names])
   cascade = config.density_mode == "cascade"
   if config.constraint == "model":
     model_density = (density.cascade_expected_density if cascade
@@ -395,7 +412,7 @@ def make_task(config, total_steps: Optional[int] = None) -> Task:
   per_epoch = (num_train_examples(config) // config.batch_size
                if config.lr_schedule == "step" else None)
   return Task(model, problem, make_primal_optimizer(config, total_steps, per_epoch),
-              make_dual_optimizer(config, problem), constraint_fn(config), names)
+              make_dual_optimizer(config, problem), constraint_fn(config, model), names)
 
 
 def init_state(config, task: Task) -> TrainState:
@@ -775,8 +792,13 @@ def purge_report(model, variables, config) -> Dict[str, Any]:
   c = purge.counts(model, variables, input_shape=input_shape(config))
   keys = ("dense_macs", "test_time_macs", "purged_params", "purged_macs",
           "purged_density", "architecture")
+  graph = macs_graph(config, model)
+  params = variables["params"] if "params" in variables else variables
   return {**{k: c[k] for k in keys},
-          "purged_macs_density": c["purged_macs"] / max(c["dense_macs"], 1)}
+          "purged_macs_density": c["purged_macs"] / max(c["dense_macs"], 1),
+          "expected_macs_density": float(density.macs_density(graph, params)),
+          "test_time_macs_density": float(density.macs_density(graph, params,
+                                                                config.test_gate))}
 
 
 # ======================================================================================
