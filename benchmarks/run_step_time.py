@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from l0jax import train_lib  # noqa: E402
+from l0jax import reporting  # noqa: E402
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
   parser.add_argument("--steps_per_epoch", type=int, default=600)
   parser.add_argument("--batch_size", type=int, default=100)
   args = parser.parse_args()
-  records = [r for r in train_lib.read_metrics(args.workdir) if "examples_per_sec" in r]
+  records = [r for r in reporting.read_metrics(args.workdir) if "examples_per_sec" in r]
   if not records:
     sys.exit(f"no training records with examples_per_sec in {args.workdir}")
   epochs = {}

@@ -1,7 +1,10 @@
 """Defaults shared by every l0jax config; experiment configs import and override them.
 
 Every knob of the trainer is a field here, so `--config.field=value` on the command line
-changes it (the command line always wins: nothing else is merged afterwards).
+changes it (the command line always wins: nothing else is merged afterwards). Every
+field is checked before a run starts (`l0jax.train_lib.validate_config`), and every
+field is either fixed for a run or allowed to change when it resumes
+(`l0jax.workdir.RESUMABLE_FIELDS` / `FIXED_FIELDS`; a new field must be added to one).
 """
 
 import ml_collections
@@ -37,13 +40,14 @@ def get_config():
   config.sample_per_example = True        # gate noise per example (else once per device batch)
   config.test_gate = "median"             # "median" | "eq13"
   config.rescale_init = False             # kernels * 1/(1 - droprate_init) at init
+  config.droprate_init = -1.0             # every gate's initial drop rate in (0, 1); < 0: the
+                                          # model's (MLP: 0.2 inputs, 0.5 others; LeNet, ResNets, VGG: 0.5; WRN: 0.3)
   config.ops_method = "auto"              # conv/pool: "auto" (matmul forms on CPU, XLA's elsewhere) | "matmul" | "xla"
   # Residual CNNs ("wrn" | "resnet" | "cifar_resnet" | "vgg"; l0jax/models/):
   config.depth = 28                       # wrn: 6n+4; resnet: 18/34/50; cifar_resnet: 6n+2; vgg: 11/13/16/19
   config.widen_factor = 10                # wrn: k
   config.width_scale = 1.0                # multiplies every CNN width (tiny models for tests / runlocal)
   config.dropout = 0.0                    # wrn: between the convolutions of a block
-  config.droprate_init = 0.5              # CNNs: initial drop probability of every gate
   config.bn_momentum = 0.9                # BatchNorm running statistics (PyTorch's 0.1)
   config.dtype = "float32"                # compute dtype: "float32" | "bfloat16" (params, gates, BN stats, duals stay float32)
 
@@ -52,8 +56,8 @@ def get_config():
   config.constraint = "model"             # "model" (one constraint) | "layerwise" (one per gated layer)
   config.target_density = 0.33            # in (0, 1]; with "layerwise", the target of every layer
   config.layer_targets = ()               # "layerwise" only: one target per gated layer, e.g. "(0.5, 0.3, 0.8)"
-  config.density_mode = "independent"     # "independent" (the papers') | "cascade" (what purging keeps)
-  config.penalty = 0.0                    # penalized: loss + penalty * expected density (per constraint)
+  config.density_mode = "independent"     # "independent" (the papers') | "cascade" (what purging keeps) | "macs" (expected MACs)
+  config.penalty = 0.0                    # penalized (needs > 0): loss + penalty * expected density (per constraint)
   config.formulation = "lagrangian"       # "lagrangian" | "augmented_lagrangian"
   config.penalty_coefficient = 0.0        # augmented Lagrangian c > 0
   config.scheme = "simultaneous"          # "simultaneous" | "dual_primal" | "primal_dual" | "extragradient"
@@ -65,7 +69,7 @@ def get_config():
   config.lr_schedule = "constant"         # weights: "constant" | "cosine" (decay to 0 over the run) | "step"
   config.lr_milestones = ()               # "step": epochs where the lr is multiplied by lr_decay_factor
   config.lr_decay_factor = 0.2
-  config.momentum = 0.9                   # for "momentum" / "nesterov"
+  config.momentum = 0.9                   # for "momentum" / "nesterov"; in [0, 1)
   config.weight_decay = 0.0               # L2 on conv/dense kernels only (never gates, biases, BN)
   config.label_smoothing = 0.0
   config.gate_optimizer = "adam"          # log_alpha: "adam" | "sgd" | "momentum" | "nesterov"
@@ -77,14 +81,14 @@ def get_config():
   # Schedule, logging, checkpoints ----------------------------------------------------
   config.batch_size = 100                 # global batch, summed over all devices and hosts
   config.num_epochs = 10
-  config.num_train_steps = -1             # > 0 overrides num_epochs
+  config.num_train_steps = -1             # >= 1 overrides num_epochs; -1: train num_epochs
   config.log_every_steps = 100
   config.log_egf = False                  # log EGF and L1/L2 gradient norms (l0jax.science.egf): one more backward pass a step
   config.eval_every_steps = -1            # -1: once per epoch; 0: only at the end
   config.checkpoint_every_steps = 1000
   config.steps_per_dispatch = 10          # steps per jitted call (lax.scan) between events;
                                           # 1 for conv models with ops_method="xla" on CPU (train_lib.steps_per_call)
-  config.keep_checkpoints = 3
+  config.keep_checkpoints = 3             # verified checkpoints kept (older ones deleted only then)
   config.seed = 0
   config.parallel = "pmap"                # "pmap" | "shard_map"
   config.progress_bar = True
@@ -97,7 +101,7 @@ def get_config():
   config.process_id = -1                  # -1 -> $JAX_PROCESS_ID or auto-detect
   config.cluster_detection_method = ""    # "" -> JAX's order; e.g. "mpi4py" for other MPI launchers
   config.distributed_init_timeout_s = 300       # give up unless every process connected by then
-  config.distributed_heartbeat_timeout_s = 100  # a process silent this long is dead: all stop
+  config.distributed_heartbeat_timeout_s = 30   # a process silent this long is dead: all stop
   return config
 
 

@@ -68,6 +68,7 @@ from typing import Mapping, Optional
 
 import jax
 
+from l0jax import errors
 from l0jax.errors import UserError
 
 MODES = ("auto", "on", "off")
@@ -80,6 +81,11 @@ _GOOGLE_PCI_VENDOR = "0x1ae0"
 # Seconds past distributed_init_timeout_s before the connect watchdog gives up (JAX's
 # own connect gives up later than its nominal timeout, and with a less clear message).
 _CONNECT_GRACE_S = 2
+# A process silent this long counts as dead and every other process stops: the
+# survivor of a kill -9 exits about this long after it (tests/test_multihost.py). JAX's
+# own default (100 s) let a survivor wait 86-97 s; 30 s keeps it well under a minute
+# and far above the gaps between heartbeats of a busy but live process.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 30
 
 
 class DistributedError(UserError, RuntimeError):
@@ -192,7 +198,8 @@ def settings(config, environ: Optional[Mapping[str, str]] = None) -> Optional[Se
 
   method = str(config.get("cluster_detection_method", "") or "").strip() or None
   init_timeout = config.get("distributed_init_timeout_s", 300)
-  heartbeat_timeout = config.get("distributed_heartbeat_timeout_s", 100)
+  heartbeat_timeout = config.get("distributed_heartbeat_timeout_s",
+                                 DEFAULT_HEARTBEAT_TIMEOUT_S)
   for field, value in (("distributed_init_timeout_s", init_timeout),
                        ("distributed_heartbeat_timeout_s", heartbeat_timeout)):
     if not isinstance(value, int) or value < 1:
@@ -302,25 +309,29 @@ def stop_all_on_error():
   JAX's shutdown barrier for peers that are blocked in a collective waiting for it.
   Ending it at once lets the others fail fast: a collective with it fails (connection
   closed), or the coordination service misses its heartbeats within
-  ``config.distributed_heartbeat_timeout_s``. Single-process runs, and ``sys.exit``,
-  are left alone.
+  ``config.distributed_heartbeat_timeout_s``. An expected failure
+  (``l0jax.errors.UserError``, ``OSError``, Ctrl-C) is reported in one line, anything
+  else with its traceback. Single-process runs, ``sys.exit`` and :class:`Preempted`
+  (every process stops at the same step and leaves together) are left alone.
   """
   try:
     yield
-  except SystemExit:
+  except (SystemExit, Preempted):
     raise
   except BaseException as e:  # pylint: disable=broad-except
     if not jax.distributed.is_initialized():
       raise
-    traceback.print_exc()
+    message = errors.expected_message(e)
+    if message is None or errors.show_tracebacks():
+      traceback.print_exc()
+      message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     sys.stderr.write(
         f"\nerror: process {jax.process_index()} of {jax.process_count()} failed "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-        "stopping it now, the other processes stop within "
+        f"({message}); stopping it now, the other processes stop within "
         "config.distributed_heartbeat_timeout_s.\n")
     sys.stderr.flush()
     sys.stdout.flush()
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(errors.exit_code(e))  # pylint: disable=protected-access
 
 
 def is_main_process() -> bool:

@@ -313,11 +313,23 @@ def batch_norm(module: nn.Module, y: Array, *, deterministic: bool,
   else:
     mean, var, count = batch_norm_statistics(y, weights, axis_name)
     if not module.is_initializing():
-      seen = count > 0
-      ra_mean.value = jnp.where(seen, momentum * ra_mean.value + (1 - momentum) * mean,
-                                ra_mean.value)
-      ra_var.value = jnp.where(seen, momentum * ra_var.value + (1 - momentum) * var,
-                               ra_var.value)
+      ra_mean.value, ra_var.value = running_statistics(
+          ra_mean.value, ra_var.value, mean, var, count, momentum)
+  return batch_norm_affine(scale, shift, mean, var, epsilon)
+
+
+def running_statistics(running_mean: Array, running_var: Array, mean: Array, var: Array,
+                       count: Array, momentum: float) -> Tuple[Array, Array]:
+  """Running statistics moved by ``1 - momentum`` towards the batch's, only for the
+  channels the batch saw (``count > 0``: a channel closed everywhere keeps its own)."""
+  seen = count > 0
+  return (jnp.where(seen, momentum * running_mean + (1 - momentum) * mean, running_mean),
+          jnp.where(seen, momentum * running_var + (1 - momentum) * var, running_var))
+
+
+def batch_norm_affine(scale: Array, shift: Array, mean: Array, var: Array,
+                      epsilon: float) -> Tuple[Array, Array]:
+  """BatchNorm as the per-channel ``(a, b)`` of ``y * a + b``."""
   a = scale * jax.lax.rsqrt(var + epsilon)
   return a, shift - mean * a
 

@@ -1,7 +1,8 @@
 """Flax NNX layers with hard-concrete L0 gates: the NNX twins of :mod:`l0jax.layers`.
 
 :class:`L0Linear` gates its input units (or every weight), :class:`L0Conv` its output
-channels (the bias sharing its channel's gate), with the same math as
+channels (the bias sharing its channel's gate), :class:`L0ConvBN` the output channels of
+a convolution followed by its BatchNorm (conv -> BN -> gate), with the same math as
 :class:`l0jax.layers.L0Dense` / :class:`l0jax.layers.L0Conv` (both call
 :func:`l0jax.layers.gated_dense` / :func:`l0jax.layers.gated_conv`). Each holds
 ``kernel``, ``bias`` and ``log_alpha`` as :class:`flax.nnx.Param`, so
@@ -31,7 +32,7 @@ from l0jax import gates, layers
 
 Array = jax.Array
 
-__all__ = ["L0Linear", "L0Conv"]
+__all__ = ["L0Linear", "L0Conv", "L0ConvBN"]
 
 
 def _key(rngs, collection: str):
@@ -163,5 +164,53 @@ class L0Conv(_L0Module):
                              unstructured=self.unstructured, post=post)
 
 
-# The L0 BatchNorm (issue 13) gets its NNX twin here, a thin shell over the same
-# functions as its Linen layer in l0jax.layers, as L0Linear and L0Conv are.
+class L0ConvBN(L0Conv):
+  """Convolution -> BatchNorm -> output-channel gates: the NNX twin of
+  ``l0jax.layers.L0Conv(batch_norm=True)``, over the same functions.
+
+  ``y = ((conv(x, kernel) - mean) * inv_std * scale + bias) * z``: a closed channel is
+  exactly 0 in training and at test time, batch statistics weigh each example by its
+  gate and are summed over ``axis_name`` (inside ``shard_map`` / ``pmap``), and a
+  channel closed in the whole batch keeps its running statistics. Parameters
+  ``kernel``, ``scale``, ``bias`` (the BN shift), ``log_alpha``; ``nnx.BatchStat``
+  ``mean`` and ``var``: the Linen layer's names. ``momentum`` (0.9) and ``epsilon``
+  (1e-5) as there; other arguments as :class:`L0Conv` (without ``use_bias``).
+  """
+
+  def __init__(self, in_features: int, out_features: int,
+               kernel_size: Sequence[int], *, momentum: float = 0.9,
+               epsilon: float = 1e-5, axis_name: Optional[str] = None, **kwargs):
+    if "use_bias" in kwargs or "bias_init" in kwargs:
+      raise TypeError("L0ConvBN has no conv bias: the BatchNorm shift is its bias")
+    # ``bias`` (zeros, float32 like the Linen layer's) is the BatchNorm shift.
+    super().__init__(in_features, out_features, kernel_size, use_bias=True,
+                     bias_init=jax.nn.initializers.zeros, **kwargs)
+    self.momentum, self.epsilon, self.axis_name = momentum, epsilon, axis_name
+    self.scale = nnx.Param(jnp.ones((out_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((out_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((out_features,), jnp.float32))
+
+  def __call__(self, x: Array, *, deterministic: Optional[bool] = None,
+               rngs=None, noise: Optional[Array] = None,
+               post: Optional[Callable[[Array], Array]] = None) -> Array:
+    layers.check_conv_input(x, self.kernel_size)
+    deterministic = self.deterministic if deterministic is None else deterministic
+    dtype = self.dtype or jnp.result_type(x, self.kernel[...])
+    x, kernel = jnp.asarray(x, dtype), jnp.asarray(self.kernel[...], dtype)
+    log_alpha = self.log_alpha[...]  # float32: the gates are never narrowed
+    z = self._gates(x, log_alpha, deterministic, rngs, noise,
+                    self.sample_per_example and not deterministic)
+    conv = lambda x, k: layers.convolution(x, k, self.strides, self.padding,
+                                           self.kernel_dilation, self.ops_method)
+
+    def affine(y, weights):
+      if deterministic:
+        mean, var = self.mean[...], self.var[...]
+      else:
+        mean, var, count = layers.batch_norm_statistics(y, weights, self.axis_name)
+        self.mean[...], self.var[...] = layers.running_statistics(
+            self.mean[...], self.var[...], mean, var, count, self.momentum)
+      return layers.batch_norm_affine(self.scale[...], self.bias[...], mean, var,
+                                      self.epsilon)
+    return layers.gated_conv_bn(x, kernel, z, conv, affine,
+                                unstructured=self.unstructured, post=post)

@@ -47,11 +47,14 @@ gated model, :func:`masks` exports boolean keep-masks (what a closed gate zeroes
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import shutil
+import tempfile
 import uuid
+import warnings
 from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
@@ -61,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l0jax import density, gates, gating
+from l0jax.errors import UserError
 from l0jax.models import LeNet5Caffe, MLP
 
 __all__ = [
@@ -75,11 +79,16 @@ __all__ = [
     "masks",
     "save",
     "load",
+    "read_spec",
+    "is_export",
+    "check_export_path",
+    "ExportError",
 ]
 
 SPEC_FORMAT = "l0jax.purged_model"
 SPEC_VERSION = 1
 SPEC_FILE = "spec.json"
+CHECKSUM_KEY = "sha256"
 PARAMS_DIR = "params"
 
 LINEAR_KINDS = ("dense", "conv")
@@ -747,7 +756,15 @@ def macs_graph(model: nn.Module, params, input_shape: Sequence[int], *,
   the previous layer's channel gates, its outputs by its own channel gates
   (unstructured gates as weight gates). A layer without gates is always on.
   ``log_alphas`` as in :func:`purge`.
+
+  For a channel-gated CNN (``model.channel_sources()``), every convolution and dense
+  layer: a gated one's outputs kept by its gates, and the inputs of a layer that reads a
+  gated layer directly kept by that layer's gates. A residual stream stays whole (the
+  shortcut keeps every channel alive), so layers reading a block's output count all of
+  its channels.
   """
+  if has_channel_graph(model):
+    return _channel_macs_graph(model, _unwrap(params), input_shape, log_alphas)
   params = _with_log_alphas(params, log_alphas)
   ops = architecture_ops(model)
   check_ops(ops, params, input_shape=input_shape)
@@ -766,6 +783,23 @@ def macs_graph(model: nn.Module, params, input_shape: Sequence[int], *,
         weights=op.name if kind == density.UNSTRUCTURED else None)
     prev = op.name
   return graph
+
+
+def _channel_macs_graph(model: nn.Module, params, input_shape, log_alphas
+                        ) -> Dict[str, density.Linear]:
+  """:func:`macs_graph` of a channel-gated CNN, from :func:`layer_table`."""
+  if log_alphas is not None:
+    raise ValueError("macs_graph of a channel-gated CNN reads the gates from its params")
+  if input_shape is None:
+    raise ValueError("macs_graph needs input_shape=(H, W, C) for a CNN")
+  gated = {name for name, layer in density.gated_layers(params).items()
+           if layer.kind == density.OUTPUTS}
+  sources = model.channel_sources()
+  return {path: density.Linear(
+              row["macs"],
+              inputs=(sources[path],) if sources.get(path) in gated else (),
+              outputs=(path,) if path in gated else ())
+          for path, row in layer_table(model, input_shape).items()}
 
 
 def counts(model: nn.Module, params, *, input_shape: Optional[Sequence[int]] = None,
@@ -1010,30 +1044,82 @@ def layer_table(model: nn.Module, input_shape: Sequence[int]) -> Dict[str, Dict[
 # Export: orbax for the arrays, JSON for the architecture.
 # ------------------------------------------------------------------------------------
 
+class ExportError(UserError, ValueError):
+  """A saved purged model that is corrupt or incomplete, or a path that is not one."""
+
+
+def is_export(path: Union[str, os.PathLike]) -> bool:
+  """True when ``path`` holds a model :func:`save` wrote (its ``spec.json`` says so)."""
+  try:
+    with open(os.path.join(os.fspath(path), SPEC_FILE)) as f:
+      spec = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(spec, dict) and spec.get("format") == SPEC_FORMAT
+
+
+def check_export_path(path: Union[str, os.PathLike], overwrite: bool = False) -> None:
+  """Raises unless :func:`save` may write ``path``: an existing ``path`` must be a
+  previous export (and ``overwrite`` True), and its folder writable."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.lexists(path):
+    if not is_export(path):
+      raise ExportError(
+          f"{path} exists and is not a saved purged model: refusing to replace it "
+          "(overwrite only replaces a previous export); choose another path")
+    if not overwrite:
+      raise FileExistsError(
+          f"{path} already exists; refusing to overwrite it. Pass overwrite=True "
+          f"(--overwrite on the command line) to replace it.")
+  parent = os.path.dirname(path)
+  while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+    parent = os.path.dirname(parent)
+  try:  # a probe that leaves nothing behind (permission bits do not bind root)
+    os.rmdir(tempfile.mkdtemp(prefix=".l0jax-probe-", dir=parent))
+  except OSError as e:
+    raise ExportError(f"cannot write {path}: {e.strerror} in {parent}") from None
+
+
+def _digest(spec: Mapping[str, Any], flat: Mapping[str, Any]) -> str:
+  """sha256 of the spec (without its checksum) and every array's path, dtype, shape and
+  bytes (``flat``: ``'a/b/leaf' -> array``)."""
+  h = hashlib.sha256(json.dumps({k: v for k, v in spec.items() if k != CHECKSUM_KEY},
+                                sort_keys=True).encode())
+  for key in sorted(flat):
+    a = np.asarray(flat[key])
+    h.update(f"{key}:{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
 def save(path: Union[str, os.PathLike], purged_model, params, *,
-         overwrite: bool = False) -> str:
+         overwrite: bool = False, input_spec: Optional[Mapping[str, Any]] = None) -> str:
   """Writes a purged model to the directory ``path``: ``spec.json`` + orbax params.
+
+  ``spec.json`` holds the op sequence, every array's shape and dtype, a sha256 of all
+  of it (verified by :func:`load`) and, when given, the input the model expects.
 
   Args:
     path: directory to create.
     purged_model: a :class:`PurgedModel`, its :meth:`~PurgedModel.spec` dict or a
       sequence of :class:`Op`.
     params: its parameters (or ``{"params": ...}``).
-    overwrite: replace an existing ``path``.
+    overwrite: replace ``path`` if it holds a previous export (never anything else).
+    input_spec: the input format, recorded as ``spec["input"]``, e.g.
+      ``{"shape": [28, 28, 1], "dtype": "float32", "range": [0.0, 1.0]}`` (one
+      example's shape; the model takes a batch ``(n, 28, 28, 1)``).
 
   Returns:
     The absolute path written.
 
   Raises:
     FileExistsError: if ``path`` exists and ``overwrite`` is False.
+    ExportError: if ``path`` exists but is not an export, or cannot be written.
   """
   import orbax.checkpoint as ocp  # heavy; only export needs it
 
   path = os.path.abspath(os.fspath(path))
-  if os.path.lexists(path) and not overwrite:
-    raise FileExistsError(
-        f"{path} already exists; refusing to overwrite it. Pass overwrite=True "
-        f"(--overwrite on the command line) to replace it.")
+  check_export_path(path, overwrite)
   if has_channel_graph(purged_model):  # a purged CNN: its variables, by path
     if not isinstance(params, Mapping) or "params" not in params:
       raise ValueError("a purged CNN is saved with its variables "
@@ -1042,8 +1128,6 @@ def save(path: Union[str, os.PathLike], purged_model, params, *,
     spec = _model_spec(purged_model)
     spec["arrays"] = {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
                       for k, a in flat.items()}
-    # orbax refuses zero-size arrays (zero-width layers); spec.json records them.
-    stored = _nest({k: a for k, a in flat.items() if a.size})
   else:
     ops = _ops_from_spec(purged_model)
     params = _unwrap(params)
@@ -1051,27 +1135,28 @@ def save(path: Union[str, os.PathLike], purged_model, params, *,
     if set(params) != set(names):
       raise ValueError(f"params layers {sorted(params)} do not match the model's "
                        f"{sorted(names)}")
-    arrays = {name: {leaf: np.asarray(value) for leaf, value in params[name].items()}
-              for name in names}
+    flat = {f"{name}/{leaf}": np.asarray(value)
+            for name in names for leaf, value in params[name].items()}
     spec = _spec_dict(ops)
     spec["params"] = {
-        name: {leaf: {"shape": list(a.shape), "dtype": str(a.dtype)}
-               for leaf, a in layer.items()} for name, layer in arrays.items()}
-    # orbax refuses zero-size arrays (zero-width layers); spec.json records them.
-    stored = {name: {leaf: a for leaf, a in layer.items() if a.size}
-              for name, layer in arrays.items()}
-    stored = {name: layer for name, layer in stored.items() if layer}
+        name: {leaf: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)}
+               for leaf, a in params[name].items()} for name in names}
+  if input_spec is not None:
+    spec["input"] = json.loads(json.dumps(dict(input_spec)))
+  spec[CHECKSUM_KEY] = _digest(spec, flat)
+  # orbax refuses zero-size arrays (zero-width layers); spec.json records them.
+  stored = _nest({k: a for k, a in flat.items() if a.size})
 
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
   os.makedirs(tmp)
   try:
-    with open(os.path.join(tmp, SPEC_FILE), "w") as f:
-      json.dump(spec, f, indent=1)
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(tmp, PARAMS_DIR), stored)
       checkpointer.wait_until_finished()
+    with open(os.path.join(tmp, SPEC_FILE), "w") as f:  # last: marks a complete export
+      json.dump(spec, f, indent=1)
     if os.path.lexists(path):
       if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -1084,46 +1169,72 @@ def save(path: Union[str, os.PathLike], purged_model, params, *,
   return path
 
 
+def read_spec(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+  """The ``spec.json`` of a model :func:`save` wrote: its ops, array shapes and dtypes,
+  checksum and (``"input"``) the input it expects."""
+  spec_path = os.path.join(os.path.abspath(os.fspath(path)), SPEC_FILE)
+  if not os.path.isfile(spec_path):
+    raise FileNotFoundError(f"{os.path.dirname(spec_path)} is not a saved purged model "
+                            f"(no {SPEC_FILE})")
+  try:
+    with open(spec_path) as f:
+      spec = json.load(f)
+  except ValueError as e:
+    raise ExportError(f"{spec_path} is unreadable ({type(e).__name__}: {e}): the export "
+                      "is corrupt; export the model again") from None
+  if not isinstance(spec, dict):
+    raise ExportError(f"{spec_path} does not hold a purged-model spec: export the model "
+                      "again")
+  return spec
+
+
 def load(path: Union[str, os.PathLike]
          ) -> Tuple[PurgedModel, Dict[str, Dict[str, jax.Array]]]:
   """Reads what :func:`save` wrote: ``(purged_model, params)``.
 
   ``purged_model.apply({"params": params}, x)`` gives the outputs it gave before
-  saving. Arrays are restored onto the first local device.
+  saving. Arrays are restored onto the first local device. The checksum in
+  ``spec.json`` is verified: a corrupt or incomplete export raises :class:`ExportError`
+  naming the path (an export without a checksum, from an older l0jax, loads with a
+  warning).
   """
   import orbax.checkpoint as ocp
 
   path = os.path.abspath(os.fspath(path))
+  spec = read_spec(path)
   spec_path = os.path.join(path, SPEC_FILE)
-  if not os.path.isfile(spec_path):
-    raise FileNotFoundError(f"{path} is not a saved purged model (no {SPEC_FILE})")
-  with open(spec_path) as f:
-    spec = json.load(f)
+  try:
+    if "model" in spec:  # a purged CNN: (model, variables)
+      model = _model_from_spec(spec)
+      shapes = {key: (tuple(info["shape"]), jnp.dtype(info["dtype"]))
+                for key, info in spec["arrays"].items()}
+    else:
+      model = PurgedModel.from_spec(spec)
+      shapes = {f"{name}/{leaf}": (tuple(info["shape"]), jnp.dtype(info["dtype"]))
+                for name, layer in spec["params"].items() for leaf, info in layer.items()}
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ExportError(f"{spec_path} is unreadable ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}): the export is "
+                      "corrupt; export the model again") from None
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  if "model" in spec:  # a purged CNN: (model, variables)
-    model = _model_from_spec(spec)
-    target, empty = {}, {}
-    for key, info in spec["arrays"].items():
-      shape, dtype = tuple(info["shape"]), jnp.dtype(info["dtype"])
-      if math.prod(shape):
-        target[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-      else:
-        empty[key] = jnp.zeros(shape, dtype)
+  target = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+            for k, (shape, dtype) in shapes.items() if math.prod(shape)}
+  empty = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()
+           if not math.prod(shape)}
+  try:
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(os.path.join(path, PARAMS_DIR), _nest(target))
-    return model, _nest({**_path_dict_keep(restored), **empty})
-  model = PurgedModel.from_spec(spec)
-  target, empty = {}, {}
-  for name, layer in spec["params"].items():
-    for leaf, info in layer.items():
-      shape, dtype = tuple(info["shape"]), jnp.dtype(info["dtype"])
-      if math.prod(shape):
-        target.setdefault(name, {})[leaf] = jax.ShapeDtypeStruct(
-            shape, dtype, sharding=sharding)
-      else:
-        empty.setdefault(name, {})[leaf] = jnp.zeros(shape, dtype)
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(os.path.join(path, PARAMS_DIR), target)
-  params = {name: dict(restored.get(name, {}), **empty.get(name, {}))
-            for name in spec["params"]}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ExportError(f"{os.path.join(path, PARAMS_DIR)} is unreadable "
+                      f"({type(e).__name__}): the export is corrupt or incomplete; "
+                      "export the model again") from None
+  flat = {**_path_dict_keep(restored), **empty}
+  if CHECKSUM_KEY not in spec:
+    warnings.warn(f"{path} has no checksum (saved by an older l0jax): loaded unverified")
+  elif _digest(spec, flat) != spec[CHECKSUM_KEY]:
+    raise ExportError(f"{path} is corrupt: its arrays or spec.json do not match the "
+                      "checksum recorded when it was saved; export the model again")
+  params = _nest(flat)
+  if "model" not in spec:  # layers without arrays (never stored) still appear
+    params = {name: dict(params.get(name, {})) for name in spec["params"]}
   return model, params

@@ -1,7 +1,7 @@
 """The trainer's library half: config checks, TrainState, the per-device step, the loop.
 
-``train.py`` / ``eval.py`` are thin absl mains over :func:`train_and_evaluate` and
-:func:`evaluate_checkpoint`.
+``train.py`` is a thin absl main over :func:`train_and_evaluate` (``eval.py``'s library
+half is :mod:`l0jax.eval_lib`).
 
 One per-device step body (:func:`train_step_body`) runs under ``jax.pmap`` (default) or
 ``jax.jit(jax.shard_map(...))`` (``config.parallel = "shard_map"``). Inside it:
@@ -30,12 +30,14 @@ All per-device arrays carry a leading device axis, sharded over a 1-D mesh named
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
-import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -46,7 +48,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from l0jax import constrained, data, density, distributed, layers, ops
+from l0jax import constrained, data, density, distributed, errors, layers, ops
+from l0jax import reporting, workdir as workdir_lib
 from l0jax.errors import UserError
 from l0jax import models
 from l0jax.models import MLP, LeNet5Caffe
@@ -62,7 +65,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 PARALLEL = ("pmap", "shard_map")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian")
-DENSITY_MODES = ("independent", "cascade")
+DENSITY_MODES = ("independent", "cascade", "macs")
 
 
 class ConfigError(UserError, ValueError):
@@ -99,15 +102,18 @@ def build_model(config):
                 sample_per_example=config.sample_per_example,
                 test_gate=config.test_gate, rescale_init=config.rescale_init,
                 ops_method=config.ops_method, dtype=DTYPES[config.dtype])
+  if config.droprate_init >= 0:  # else the model's defaults
+    common["droprate"] = float(config.droprate_init)
   if config.model == "mlp":
-    return MLP(features=tuple(config.mlp_features), num_classes=num_classes, **common)
+    input_droprate = common.get("droprate", MLP.input_droprate)
+    return MLP(features=tuple(config.mlp_features), input_droprate=input_droprate,
+               num_classes=num_classes, **common)
   if config.model == "lenet5":
     return LeNet5Caffe(conv_features=tuple(config.lenet_conv_features),
                        dense_features=config.lenet_dense_features,
                        num_classes=num_classes, **common)
   common.update(axis_name=AXIS, bn_momentum=config.bn_momentum,
-                width_scale=config.width_scale, num_classes=num_classes,
-                droprate=config.droprate_init)
+                width_scale=config.width_scale, num_classes=num_classes)
   if config.model == "wrn":
     return models.WideResNet(depth=config.depth, widen_factor=config.widen_factor,
                              dropout=config.dropout, **common)
@@ -133,6 +139,34 @@ def targets(config, num_layers: int) -> tuple:
   if config.layer_targets:
     return tuple(float(t) for t in config.layer_targets)
   return (float(config.target_density),) * num_layers
+
+
+BOOL_FIELDS = ("gated", "unstructured", "sample_per_example", "rescale_init",
+               "dual_restarts", "progress_bar", "tensorboard")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(config, field: str, low: int, meaning: str = ""):
+  if not _is_int(config[field]) or config[field] < low:
+    _fail(field, config[field], f"must be an integer >= {low}{meaning}")
+
+
+def _number(config, field: str, low: float, strict: bool, meaning: str = ""):
+  value = config[field]
+  if (not isinstance(value, (int, float)) or isinstance(value, bool)
+      or not math.isfinite(value) or value < low or (strict and value == low)):
+    _fail(field, value, f"must be a finite number {'>' if strict else '>='} {low}{meaning}")
+
+
+def _widths(config, field: str, length: Optional[int] = None):
+  value = config[field]
+  if (not isinstance(value, (tuple, list)) or not all(_is_int(w) and w >= 1 for w in value)
+      or (length is not None and len(value) != length)):
+    count = f"{length} " if length is not None else ""
+    _fail(field, value, f"must be a tuple of {count}layer widths, integers >= 1")
 
 
 def validate_config(config, device_count: Optional[int] = None) -> None:
@@ -165,8 +199,6 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
     value = config[field]
     if not isinstance(value, (int, float)) or not 0 <= value < (1 if field != "weight_decay" else math.inf):
       _fail(field, value, "must be >= 0" + ("" if field == "weight_decay" else " and < 1"))
-  if not 0 < config.droprate_init < 1:
-    _fail("droprate_init", config.droprate_init, "must be in (0, 1)")
   if not 0 <= config.bn_momentum < 1:
     _fail("bn_momentum", config.bn_momentum, "must be in [0, 1)")
   if config.lr_schedule == "step":
@@ -178,22 +210,47 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
       _fail("lr_decay_factor", config.lr_decay_factor, "must be in (0, 1]")
   _choice(config, "density_mode", DENSITY_MODES)
   _choice(config, "ops_method", ops.METHODS)
-  for field in ("learning_rate", "gate_learning_rate", "dual_learning_rate", "momentum",
-                "penalty", "nupi_kp"):
-    value = config[field]
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-      _fail(field, value, "must be a finite number >= 0")
+  for field in BOOL_FIELDS:
+    if not isinstance(config[field], bool):
+      _fail(field, config[field], "must be True or False")
+  for field in ("train_split", "eval_split"):
+    if not isinstance(config[field], str) or not config[field]:
+      _fail(field, config[field], "must name a split, e.g. 'train' or 'test'")
+  _widths(config, "mlp_features")
+  _widths(config, "lenet_conv_features", 2)
+  _int_at_least(config, "lenet_dense_features", 1)
+  for field in ("learning_rate", "gate_learning_rate", "dual_learning_rate"):
+    _number(config, field, 0, strict=True)
+  _number(config, "momentum", 0, strict=False)
+  if not config.momentum < 1:
+    _fail("momentum", config.momentum, "must be in [0, 1)")
+  for field in ("nupi_kp", "penalty", "penalty_coefficient"):
+    _number(config, field, 0, strict=False)
+  if config.method == "penalized" and config.gated and not config.penalty > 0:
+    _fail("penalty", config.penalty,
+          "must be > 0 with method='penalized' (loss + penalty * density)")
+  if config.method == "constrained" and config.penalty != 0:
+    _fail("penalty", config.penalty, "is only used with method='penalized'; leave it "
+          "0 with method='constrained' (the multipliers replace it)")
   if config.formulation == "augmented_lagrangian" and not config.penalty_coefficient > 0:
     _fail("penalty_coefficient", config.penalty_coefficient,
           "must be > 0 with formulation='augmented_lagrangian'")
   for field in ("batch_size", "log_every_steps", "keep_checkpoints",
                 "checkpoint_every_steps", "steps_per_dispatch"):
-    if not isinstance(config[field], int) or config[field] < 1:
-      _fail(field, config[field], "must be an integer >= 1")
-  if not isinstance(config.num_epochs, int) or (
+    _int_at_least(config, field, 1)
+  _int_at_least(config, "eval_every_steps", -1, " (-1: once per epoch, 0: only at the end)")
+  _int_at_least(config, "seed", 0)
+  if not _is_int(config.num_train_steps) or config.num_train_steps in (0,) or (
+      config.num_train_steps < -1):
+    _fail("num_train_steps", config.num_train_steps,
+          "must be an integer >= 1, or -1 to train for num_epochs")
+  if not _is_int(config.num_epochs) or (
       config.num_epochs < 1 and config.num_train_steps <= 0):
     _fail("num_epochs", config.num_epochs,
           "must be an integer >= 1 (or set num_train_steps > 0)")
+  d = config.droprate_init
+  if not isinstance(d, (int, float)) or not (d < 0 or 0 < d < 1):
+    _fail("droprate_init", d, "must be in (0, 1), or < 0 for the model's defaults")
   t = config.target_density
   if not isinstance(t, (int, float)) or not 0 < t <= 1:
     _fail("target_density", t, "must be in (0, 1]")
@@ -225,21 +282,6 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
   if config.batch_size % devices:
     _fail("batch_size", config.batch_size,
           f"must be divisible by the device count ({devices})")
-
-
-def start_main(config) -> None:
-  """What train.py and eval.py do first: quiet logs, join the processes, check config.
-
-  Exits with one line ``error: ...`` on a bad config value or a failed start-up.
-  """
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  try:
-    distributed.initialize(config)  # before anything touches a device
-    validate_config(config)
-  except UserError as e:  # a bad config value, a failed start-up
-    sys.exit(f"error: {e}")
 
 
 # ======================================================================================
@@ -317,15 +359,32 @@ def make_dual_optimizer(config, problem):
   return constrained.dual_optimizer(problem, inner, restarts=config.dual_restarts)
 
 
-def constraint_fn(config) -> Callable:
-  """params -> vector of constraint values (model-wise or per-layer expected density).
+def macs_graph(config, model=None):
+  """The MACs graph (``purge.macs_graph``) of the config's gated model."""
+  from l0jax import purge  # pylint: disable=g-import-not-at-top
+  model = build_model(config) if model is None else model
+  return purge.macs_graph(model, abstract_params(config), input_shape(config))
+
+
+def constraint_fn(config, model=None) -> Callable:
+  """params -> vector of constraint values (model-wise or per-layer density).
 
   ``density_mode="independent"`` is the papers' expected L0 of each layer's own gates;
   ``"cascade"`` also counts what a closed gate makes dead in the neighbouring layers
-  (``density.cascade_layer_densities``), i.e. the size purging deploys.
+  (``density.cascade_layer_densities``), i.e. the size purging deploys; ``"macs"`` is
+  the expected multiply-accumulates over the dense ones (``density.macs_density`` on
+  :func:`macs_graph`: a closed channel also removes its input channel from the layer
+  that reads it), model-wise or per gated layer.
   """
   if not config.gated:
     return lambda params: jnp.zeros((0,), jnp.float32)
+  if config.density_mode == "macs":
+    graph = macs_graph(config, model)
+    if config.constraint == "model":
+      return lambda params: density.macs_density(graph, params)[None]
+    names = tuple(density.gated_layers(abstract_params(config)))
+    return lambda params: jnp.stack([
+        density.layer_macs(graph, params)[n] / graph[n].macs for n in names])
   cascade = config.density_mode == "cascade"
   if config.constraint == "model":
     model_density = (density.cascade_expected_density if cascade
@@ -354,7 +413,7 @@ def make_task(config, total_steps: Optional[int] = None) -> Task:
   per_epoch = (num_train_examples(config) // config.batch_size
                if config.lr_schedule == "step" else None)
   return Task(model, problem, make_primal_optimizer(config, total_steps, per_epoch),
-              make_dual_optimizer(config, problem), constraint_fn(config), names)
+              make_dual_optimizer(config, problem), constraint_fn(config, model), names)
 
 
 def init_state(config, task: Task) -> TrainState:
@@ -530,27 +589,56 @@ def unreplicate(tree):
   return jax.tree.map(first, tree)
 
 
-def make_train_step(config, task: Task, mesh: Mesh) -> Callable:
+NONFINITE_STEP = "nonfinite_step"  # metrics key: see with_nonfinite_step
+
+
+def with_nonfinite_step(body: Callable) -> Callable:
+  """Adds ``metrics[NONFINITE_STEP]`` to a step body: 0, or the step number (the
+  ``step`` of its log record) when any metric (loss, Lagrangian, accuracy, constraint
+  values, multipliers, densities) is not finite.
+
+  A scalar reduced on the device from scalars and per-layer values, so the loop can
+  stop a diverged run without copying the metrics of every step to the host.
+  """
+  def step(state, batch):
+    new_state, metrics = body(state, batch)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
+    bad = jnp.where(finite, 0, state.step + 1).astype(jnp.int32)
+    return new_state, {**metrics, NONFINITE_STEP: bad}
+  return step
+
+
+def _step_body(config, task: Task, check_finite: bool) -> Callable:
   body = functools.partial(train_step_body, config=config, task=task)
-  return parallelize(body, config, mesh, donate=True)
+  return with_nonfinite_step(body) if check_finite else body
 
 
-def make_multi_train_step(config, task: Task, mesh: Mesh) -> Callable:
+def make_train_step(config, task: Task, mesh: Mesh, check_finite: bool = True) -> Callable:
+  return parallelize(_step_body(config, task, check_finite), config, mesh, donate=True)
+
+
+def make_multi_train_step(config, task: Task, mesh: Mesh,
+                          check_finite: bool = True) -> Callable:
   """Several training steps in one dispatch: ``(state, batches) -> (state, metrics)``.
 
   ``batches`` holds ``k`` batches stacked on axis 1 (``[devices, k, b, ...]``); the
-  steps run in a ``lax.scan`` and the metrics are the last step's. The same steps as
+  steps run in a ``lax.scan`` and the metrics are the last step's (``NONFINITE_STEP``:
+  the first non-finite step of the call). The same steps as
   ``k`` calls of :func:`make_train_step` (same noise, same updates) in one call. On
   CPU that made the MLP and LeNet L0 steps 1.1-1.3x faster (``python
   benchmarks/step_time.py --compare``), more than the 0.1 ms an empty pmapped step
   takes to dispatch: XLA also runs the scan body with less overlap of independent ops,
   which measured faster here; the split between the two was not measured.
   """
-  body = functools.partial(train_step_body, config=config, task=task)
+  body = _step_body(config, task, check_finite)
 
   def steps(state, batches):
     state, metrics = jax.lax.scan(body, state, batches)
-    return state, jax.tree.map(lambda m: m[-1], metrics)
+    last = jax.tree.map(lambda m: m[-1], metrics)
+    if check_finite:
+      bad = metrics[NONFINITE_STEP]
+      last[NONFINITE_STEP] = jnp.where(jnp.any(bad > 0), bad[jnp.argmax(bad > 0)], 0)
+    return state, last
   return parallelize(steps, config, mesh, donate=True)
 
 
@@ -683,133 +771,8 @@ def evaluate(variables_replicated, eval_step, source, config, mesh) -> Dict[str,
 
 
 # ======================================================================================
-# Checkpoints
-# ======================================================================================
-def checkpoint_manager(workdir: str, config):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                         create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options,
-                               item_handlers=ocp.StandardCheckpointHandler())
-
-
-def _flat_shapes(tree) -> Dict[str, tuple]:
-  """'a/b/0/c' -> shape, for trees of arrays or orbax metadata (NamedTuples saved as dicts)."""
-  def name(k):
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        return str(getattr(k, attr))
-    return str(k)
-  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _shape_mismatches(saved, expected) -> List[str]:
-  saved_flat, out = _flat_shapes(saved), []
-  for key, shape in _flat_shapes(expected).items():
-    if key not in saved_flat:
-      out.append(f"{key} missing in checkpoint")
-    elif saved_flat[key] != shape:
-      out.append(f"{key}: checkpoint {saved_flat[key]} vs model {shape}")
-  out += [f"{key} in checkpoint but not in model"
-          for key in saved_flat.keys() - _flat_shapes(expected).keys()]
-  return out
-
-
-def restore_latest(manager, template: TrainState):
-  """The latest checkpoint as a TrainState shaped like ``template``, or None.
-
-  Raises ValueError (never starts over) when the checkpoint's shapes differ from the
-  config's model.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  step = manager.latest_step()
-  if step is None:
-    return None
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-                          _drop_empty(template))
-  metadata = manager.item_metadata(step)
-  saved = getattr(metadata, "tree", metadata)
-  problems = _shape_mismatches(saved, abstract) if saved is not None else []
-  if problems:
-    raise ValueError(
-        f"checkpoint step {step} in {manager.directory} was written for a different "
-        f"model or formulation ({len(problems)} mismatches, first: {problems[0]}); "
-        "use another --workdir or the config that wrote it")
-  try:
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:
-    raise ValueError(
-        f"cannot restore checkpoint step {step} from {manager.directory} into the "
-        f"config's model: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-  restored = TrainState(*restored)
-  # Put the zero-size leaves that were not saved back from the template.
-  leaves = iter(jax.tree.leaves(restored))
-  return jax.tree.map(lambda t: t if np.size(t) == 0 else next(leaves), template)
-
-
-# ======================================================================================
 # Logging
 # ======================================================================================
-class MetricsLog:
-  """``metrics.jsonl`` (one JSON object a line) plus optional TensorBoard scalars.
-
-  Only process 0 writes. On resume, records after the restored step (written by a run
-  that died before its next checkpoint) are dropped so the file matches an
-  uninterrupted run.
-  """
-
-  def __init__(self, workdir: str, resume_step: int, tensorboard: bool):
-    self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.writer = None
-    if not self.active:
-      return
-    os.makedirs(workdir, exist_ok=True)
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip()
-                and json.loads(line)["step"] <= resume_step]
-    with open(self.path, "w") as f:
-      f.writelines(kept)
-    if tensorboard:
-      try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      except ImportError:
-        self.writer = None
-
-  def write(self, record: Dict[str, Any]):
-    if not self.active:
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    if self.writer is not None:
-      for key, value in record.items():
-        if isinstance(value, (int, float)) and key != "step":
-          self.writer.add_scalar(key, value, record["step"])
-        elif isinstance(value, dict):
-          for sub, v in value.items():
-            self.writer.add_scalar(f"{key}/{sub}", v, record["step"])
-        elif isinstance(value, list):
-          for i, v in enumerate(value):
-            self.writer.add_scalar(f"{key}/{i}", v, record["step"])
-
-  def close(self):
-    if self.writer is not None:
-      self.writer.close()
-
-
-def read_metrics(workdir: str) -> List[Dict[str, Any]]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _host_metrics(metrics, task: Task, step: int, config) -> Dict[str, Any]:
   m = unreplicate(metrics)
   record = {"step": step, "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
@@ -827,29 +790,6 @@ def _host_metrics(metrics, task: Task, step: int, config) -> Dict[str, Any]:
 # ======================================================================================
 # Reports
 # ======================================================================================
-def gate_report(params, config) -> Dict[str, Any]:
-  """Densities, kept units and parameter counts of (host) params at test time."""
-  leaves = jax.tree.leaves(params)
-  log_alpha_count = sum(l.size for p, l in jax.tree_util.tree_flatten_with_path(params)[0]
-                        if getattr(p[-1], "key", None) == "log_alpha")
-  n_dense = int(sum(l.size for l in leaves) - log_alpha_count)
-  if not config.gated:
-    return {"n_params_dense": n_dense, "n_params_kept": n_dense}
-  report = density.density_report(params, config.test_gate)
-  closed = sum(n * (1.0 - float(report.test_time[k]))
-               for k, n in report.num_sparsifiable.items())
-  return {
-      "expected_density": float(report.model_expected),
-      "test_time_density": float(report.model_test_time),
-      "layer_expected_densities": {k: float(v) for k, v in report.expected.items()},
-      "layer_test_time_densities": {k: float(v) for k, v in report.test_time.items()},
-      "kept_units": {k: int(v) for k, v in report.kept_units.items()},
-      "total_units": dict(report.total_units),
-      "n_params_dense": n_dense,
-      "n_params_kept": int(round(n_dense - closed)),
-  }
-
-
 def purge_report(model, variables, config) -> Dict[str, Any]:
   """Size of the compacted model (``l0jax.purge``): params, MACs, density, architecture."""
   if not config.gated:
@@ -858,30 +798,109 @@ def purge_report(model, variables, config) -> Dict[str, Any]:
   c = purge.counts(model, variables, input_shape=input_shape(config))
   keys = ("dense_macs", "test_time_macs", "purged_params", "purged_macs",
           "purged_density", "architecture")
+  graph = macs_graph(config, model)
+  params = variables["params"] if "params" in variables else variables
   return {**{k: c[k] for k in keys},
-          "purged_macs_density": c["purged_macs"] / max(c["dense_macs"], 1)}
-
-
-def format_summary(summary: Dict[str, Any]) -> str:
-  lines = ["", "  result              value", "  ------------------  ------------------"]
-  lines.append(f"  test error          {100 * summary['test_error']:.2f}%")
-  if "expected_density" in summary:
-    lines.append(f"  expected density    {100 * summary['expected_density']:.2f}%")
-    lines.append(f"  test-time density   {100 * summary['test_time_density']:.2f}%")
-    lines.append(f"  params kept         {summary['n_params_kept']} / "
-                 f"{summary['n_params_dense']}")
-    if "purged_density" in summary:
-      lines.append(f"  purged density      {100 * summary['purged_density']:.2f}% "
-                   f"(architecture {summary['architecture']})")
-    lines.append("  kept units          " + ", ".join(
-        f"{k}: {summary['kept_units'][k]}/{summary['total_units'][k]}"
-        for k in summary["kept_units"]))
-  return "\n".join(lines)
+          "purged_macs_density": c["purged_macs"] / max(c["dense_macs"], 1),
+          "expected_macs_density": float(density.macs_density(graph, params)),
+          "test_time_macs_density": float(density.macs_density(graph, params,
+                                                                config.test_gate))}
 
 
 # ======================================================================================
 # The loop
 # ======================================================================================
+class Interrupted(UserError):
+  """Ctrl-C during training; the message says where a rerun resumes."""
+  exit_code = errors.INTERRUPTED_EXIT_CODE
+
+
+class NonFiniteError(UserError, FloatingPointError):
+  """Training produced a NaN or an infinity; nothing non-finite was saved."""
+
+
+class _NonFiniteGuard:
+  """The ``NONFINITE_STEP`` flags of the calls since the last check, left on the device.
+
+  :meth:`poll` reads the flags already computed (it never waits, so the loop keeps
+  dispatching ahead), :meth:`check` all of them (it waits); both return the first
+  non-finite step, or 0.
+  """
+
+  def __init__(self):
+    self.pending: List[jax.Array] = []
+
+  def add(self, metrics) -> None:
+    self.pending.append(metrics[NONFINITE_STEP])
+
+  @staticmethod
+  def _first(flags) -> int:
+    for flag in flags:
+      step = int(unreplicate(flag))
+      if step:
+        return step
+    return 0
+
+  def poll(self) -> int:
+    ready = []
+    while self.pending and self.pending[0].is_ready():
+      ready.append(self.pending.pop(0))
+    return self._first(ready)
+
+  def check(self) -> int:
+    flags, self.pending = self.pending, []
+    return self._first(flags)
+
+
+def _non_finite(what: str, step: int, checkpoints) -> NonFiniteError:
+  return NonFiniteError(
+      f"non-finite {what} at step {step}: training stopped, nothing non-finite was "
+      f"saved, and {checkpoints.describe_latest()}. Lower the learning rates "
+      "(learning_rate, gate_learning_rate, dual_learning_rate) and use a new --workdir")
+
+
+def _nonfinite_metrics(metrics) -> str:
+  """Which metrics of the latest call are not finite (for the message)."""
+  m = unreplicate(metrics)
+  bad = [k for k, v in m.items()
+         if k != NONFINITE_STEP and not np.isfinite(np.asarray(v, np.float64)).all()]
+  return "metrics (" + ", ".join(bad) + ")" if bad else "metrics"
+
+
+def _save(checkpoints, step: int, state) -> None:
+  host_state = unreplicate(state)
+  if not workdir_lib.tree_is_finite(host_state):
+    raise _non_finite("parameters or optimizer state", step, checkpoints)
+  checkpoints.save(step, host_state)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_after_the_call():
+  """Ctrl-C during training: a flag the loop checks after each call, so it stops at a
+  step it can save (a second Ctrl-C interrupts at once).
+
+  A KeyboardInterrupt raised wherever the signal lands can land in one of JAX's
+  garbage-collection callbacks, where Python prints and drops it and training goes on.
+  Left alone where SIGINT is ignored (a background job) or off the main thread.
+  """
+  requested: List[bool] = []
+
+  def handler(signum, frame):
+    del signum, frame
+    if requested:
+      raise KeyboardInterrupt
+    requested.append(True)
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield requested
+    return
+  signal.signal(signal.SIGINT, handler)
+  try:
+    yield requested
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _progress(total: int, initial: int, enabled: bool):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
@@ -890,9 +909,13 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> Dict[str, Any]:
-  """Trains (resuming from ``workdir``'s latest checkpoint) and returns the final summary.
+  """Trains (resuming from ``workdir``'s newest verified checkpoint) and returns the
+  final summary.
 
-  ``devices`` (default: all) are the devices the step runs on.
+  ``devices`` (default: all) are the devices the step runs on. Raises ``UserError``
+  subclasses for expected failures: a bad config, a workdir in use or started with
+  another config (``workdir.WorkdirError``), a diverged run (:class:`NonFiniteError`),
+  Ctrl-C (:class:`Interrupted`).
   """
   mesh = make_mesh(devices)
   validate_config(config, mesh.size)
@@ -906,23 +929,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 else config.eval_every_steps)
   functions = step_functions(config, mesh, total_steps)
   task, eval_step = functions.task, functions.eval
+  is_main = jax.process_index() == 0
 
-  host_state = init_state(config, task)
-  manager = checkpoint_manager(workdir, config)
-  restored = restore_latest(manager, host_state)
-  if restored is not None:
-    host_state = restored
-  start_step = int(host_state.step)
-  state = replicate(host_state, mesh)
+  with workdir_lib.open_for_training(workdir, config) as checkpoints:
+    host_state = init_state(config, task)
+    restored = checkpoints.restore(host_state, repair=True)
+    if restored is not None:
+      host_state = restored
+    start_step = int(host_state.step)
+    state = replicate(host_state, mesh)
+    step = start_step
+    result = report = None  # the evaluation of the latest eval step
+    if start_step >= total_steps:
+      if is_main:
+        print(f"{workdir} is already complete: trained {start_step} steps (this config "
+              f"trains {total_steps}); its final evaluation follows. Raise "
+              "--config.num_train_steps or --config.num_epochs to train longer.",
+              file=sys.stderr, flush=True)
+    else:
+      state, step, result, report = _train_loop(
+          config, mesh, functions, state, start_step, total_steps, eval_every,
+          train_source, eval_source, checkpoints, workdir)
 
+  if result is None:  # resumed at the end: nothing was trained or evaluated here
+    result = evaluate(eval_variables(state), eval_step, eval_source, config, mesh)
+    report = reporting.gate_report(unreplicate(state.params), config)
+  # Otherwise the loop ends on an eval step (step == total_steps): reuse it.
+  host_params = unreplicate(state.params)
+  summary = {"step": step, **result, **report,
+             **reporting.constraint_report(task, host_params, config),
+             "multipliers": [float(v) for v in unreplicate(state.constrained.multipliers)]}
+  if is_main:
+    print(reporting.format_summary(summary), flush=True)
+  return summary
+
+
+def _train_loop(config, mesh, functions: StepFunctions, state, start_step: int,
+                total_steps: int, eval_every: int, train_source, eval_source,
+                checkpoints, workdir: str):
+  """Steps from ``start_step`` to ``total_steps``: logs, evaluates, saves, stops.
+
+  Returns ``(state, step, eval result, gate report)`` of the last step.
+  """
+  task = functions.task
+  is_main = jax.process_index() == 0
   batches = data.train_iterator(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, local_device_count=local_device_count(mesh),
       **_batch_options(config, train_source))
-  log = MetricsLog(workdir, start_step, config.tensorboard)
-  is_main = jax.process_index() == 0
+  log = reporting.MetricsLog(workdir, start_step, config.tensorboard, active=is_main)
   bar = _progress(total_steps, start_step, config.progress_bar and is_main)
   last_log_time, last_log_step = time.perf_counter(), start_step
+  guard = _NonFiniteGuard()
 
   def next_event(step: int) -> int:
     """The first step after ``step`` that logs, evaluates, saves or ends the run."""
@@ -934,120 +992,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # report the resumed step, or a notice before the first step would agree on step 1.
   distributed.reached_preemption_sync_point(start_step)
   step = start_step
-  result = report = None  # the evaluation of the latest eval step
-  while step < total_steps:
-    # steps_per_call steps in one call where no event falls inside them, else one.
-    k = per_call
-    if k > 1 and next_event(step) - step >= k:
-      stacked = stack_batches([next(batches) for _ in range(k)])
-      state, metrics = functions.train_multi(state, shard_batch(stacked, mesh))
-    else:
-      k = 1
-      state, metrics = functions.train(state, shard_batch(next(batches), mesh))
-    first, step = step + 1, step + k
-    bar.update(k)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      record = _host_metrics(metrics, task, step, config)
-      now = time.perf_counter()
-      record["examples_per_sec"] = ((step - last_log_step) * config.batch_size
-                                    / max(now - last_log_time, 1e-9))
-      last_log_time, last_log_step = now, step
-      log.write(record)
-      postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['accuracy']:.3f}"}
-      if config.gated:
-        postfix["density"] = f"{record['expected_density']:.3f}"
-        postfix["lambda"] = f"{max(record['multipliers'] or [0.0]):.3g}"
-      bar.set_postfix(postfix, refresh=False)
-    if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
-      result = evaluate(eval_variables(state), eval_step, eval_source, config, mesh)
-      report = gate_report(unreplicate(state.params), config)
-      log.write({"step": step, "eval": True, **result,
-                 **{k: report[k] for k in ("expected_density", "test_time_density")
-                    if k in report}})
-    if step % config.checkpoint_every_steps == 0 or step == total_steps:
-      manager.save(step, args=_save_args(unreplicate(state)))
-    # Every step number goes to the preemption service (it agrees on one of them);
-    # the run stops at the end of the call that holds it.
-    if any([distributed.reached_preemption_sync_point(s)  # SIGTERM, multi-process
-            for s in range(first, step + 1)]):
-      if step % config.checkpoint_every_steps and step != total_steps:  # not saved yet
-        manager.save(step, args=_save_args(unreplicate(state)))
-      manager.wait_until_finished()
-      batches.close()
+  result = report = None
+  with _ctrl_c_stops_after_the_call() as ctrl_c:
+    try:
+      while step < total_steps:
+        # steps_per_call steps in one call where no event falls inside them, else one.
+        k = per_call
+        if k > 1 and next_event(step) - step >= k:
+          stacked = stack_batches([next(batches) for _ in range(k)])
+          state, metrics = functions.train_multi(state, shard_batch(stacked, mesh))
+        else:
+          k = 1
+          state, metrics = functions.train(state, shard_batch(next(batches), mesh))
+        guard.add(metrics)
+        first, step = step + 1, step + k
+        bar.update(k)
+        logs = step % config.log_every_steps == 0 or step == total_steps
+        evaluates = (eval_every > 0 and step % eval_every == 0) or step == total_steps
+        saves = step % config.checkpoint_every_steps == 0 or step == total_steps
+        # Every step number goes to the preemption service (it agrees on one of them);
+        # the run saves and stops at the end of the call that holds it.
+        preempted = any([distributed.reached_preemption_sync_point(s)  # SIGTERM, multi-process
+                         for s in range(first, step + 1)])
+        stop = bool(ctrl_c)  # read once: the flag may be set while this step is handled
+        interrupted = stop and jax.process_count() == 1  # (several: see below)
+        bad = guard.poll()  # never waits: flags of calls that are done
+        if not bad and (logs or evaluates or saves or preempted or interrupted):
+          bad = guard.check()  # nothing is logged or saved past a non-finite step
+        if bad:
+          raise _non_finite(_nonfinite_metrics(metrics), bad, checkpoints)
+        if logs:
+          record = _host_metrics(metrics, task, step, config)
+          now = time.perf_counter()
+          record["examples_per_sec"] = ((step - last_log_step) * config.batch_size
+                                        / max(now - last_log_time, 1e-9))
+          last_log_time, last_log_step = now, step
+          log.write(record)
+          bar.set_postfix(reporting.progress_fields(record, task.layer_names), refresh=False)
+        if evaluates:
+          result = evaluate(eval_variables(state), functions.eval, eval_source, config, mesh)
+          report = reporting.gate_report(unreplicate(state.params), config)
+          log.write({"step": step, "eval": True, **result,
+                     **{k: report[k] for k in ("expected_density", "test_time_density")
+                        if k in report}})
+        if saves or preempted or interrupted:
+          _save(checkpoints, step, state)
+        if preempted:
+          raise distributed.Preempted(
+              f"preempted at step {step}: saved a checkpoint of step {step} in {workdir}; "
+              "run the same command again to resume")
+        if interrupted:
+          raise Interrupted(f"interrupted at step {step}: saved a checkpoint of step {step}"
+                            f" in {checkpoints.directory}; run the same command again to "
+                            "resume from it")
+        if stop:  # several processes: this one alone cannot save (saves are collective)
+          raise KeyboardInterrupt
+    except KeyboardInterrupt:
+      last = checkpoints.latest_verified()
+      raise Interrupted(
+          f"interrupted at step {step}: " + (
+              f"the last checkpoint is step {last} in {checkpoints.directory}; run the "
+              "same command again to resume from it" if last is not None else
+              "no checkpoint was saved yet; run the same command again to start over")
+      ) from None
+    finally:
+      batches.close()  # stops the workers computing batches ahead
       bar.close()
       log.close()
-      raise distributed.Preempted(
-          f"preempted at step {step}: saved a checkpoint of step {step} in {workdir}; "
-          "run the same command again to resume")
-  manager.wait_until_finished()
-  batches.close()  # stops the workers computing batches ahead
-  bar.close()
-  log.close()
-
-  if result is None:  # resumed at the end: nothing was trained or evaluated here
-    result = evaluate(eval_variables(state), eval_step, eval_source, config, mesh)
-    report = gate_report(unreplicate(state.params), config)
-  # Otherwise the loop ends on an eval step (step == total_steps): reuse it.
-  summary = {"step": step, **result, **report,
-             "multipliers": [float(v) for v in unreplicate(state.constrained.multipliers)]}
-  if is_main:
-    print(format_summary(summary), flush=True)
-  return summary
-
-
-def _drop_empty(tree):
-  """Zero-size arrays (a dense baseline has no multipliers) -> None: orbax cannot save them."""
-  return jax.tree.map(lambda x: None if np.size(x) == 0 else x, tree)
-
-
-def _save_args(host_state: TrainState):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp.args.StandardSave(_drop_empty(host_state))
-
-
-def _total_steps(config) -> int:
-  return num_train_steps(config, num_train_examples(config))
-
-
-def restore_for_eval(config, workdir: str, task: Optional[Task] = None):
-  """``(task, state)`` of the latest checkpoint in ``workdir`` (host arrays).
-
-  ``task`` defaults to the run's (:func:`make_task` over its total steps).
-  """
-  task = make_task(config, _total_steps(config)) if task is None else task
-  state = restore_latest(checkpoint_manager(workdir, config), init_state(config, task))
-  if state is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
-                            "run train.py with this --workdir first")
-  return task, state
-
-
-def export_purged(config, workdir: str, path: str, overwrite: bool = False) -> str:
-  """Saves the purged (compacted, plain Flax) model of the latest checkpoint to ``path``.
-
-  ``l0jax.purge.load(path)`` returns ``(model, params)``. An existing ``path`` is only
-  replaced with ``overwrite=True``.
-  """
-  from l0jax import purge  # pylint: disable=g-import-not-at-top
-  if not config.gated:
-    raise ValueError("config.gated=False: a dense model has nothing to purge")
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-  task, state = restore_for_eval(config, workdir)
-  purged_model, purged = purge.purge(task.model, eval_variables(state))
-  return purge.save(path, purged_model, purged, overwrite=overwrite)
-
-
-def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
-  """Restores the latest checkpoint of ``workdir`` and evaluates it on the eval split."""
-  mesh = make_mesh(devices)
-  validate_config(config, mesh.size)
-  functions = step_functions(config, mesh, _total_steps(config))
-  task, state = restore_for_eval(config, workdir, functions.task)
-  result = evaluate(replicate(eval_variables(state), mesh), functions.eval,
-                    load_source(config, config.eval_split), config, mesh)
-  return {"step": int(state.step), **result, **gate_report(state.params, config),
-          **purge_report(task.model, eval_variables(state), config),
-          "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],
-          "targets": list(task.problem.targets) if config.method == "constrained" else [],
-          "layer_names": list(task.layer_names)}
+  return state, step, result, report

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_mlp
-from l0jax import distributed, train_lib
+from l0jax import distributed, reporting, train_lib, workdir as workdir_lib
 from test_train import run_steps, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +140,11 @@ class Run:
   def json(self, i, name):
     return json.loads((self.out_dir / f"{self.tag}_{i}_{name}.json").read_text())
 
+  def written(self, i):
+    """Files process i opened for writing; an atomic write's temporary file counts as
+    the file it replaces."""
+    return sorted({re.sub(r"\.tmp-\d+$", "", f) for f in self.json(i, "written")})
+
   def wait(self, timeout):
     """Return codes once all exited; fails (with the logs) after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -202,8 +207,7 @@ def _multihost_config(fake_dataset, **overrides):
 
 def _final_state(config, workdir):
   task = train_lib.make_task(config)
-  state = train_lib.restore_latest(train_lib.checkpoint_manager(str(workdir), config),
-                                   train_lib.init_state(config, task))
+  state = workdir_lib.Checkpoints(str(workdir)).restore(train_lib.init_state(config, task))
   assert state is not None, f"no checkpoint in {workdir}"
   return state
 
@@ -237,9 +241,11 @@ def straight(fake_dataset, out_dir):
 
 @pytest.fixture(scope="module")
 def killed(fake_dataset, out_dir):
-  """The same run (config from --config fields), process 1 killed -9 after step 5."""
+  """The same run (config from --config fields), process 1 killed -9 after step 5, with
+  the default heartbeat timeout (the survivor's exit time is what users get)."""
   workdir = out_dir / "killed"
-  config = _multihost_config(fake_dataset)
+  config = _multihost_config(fake_dataset, distributed_heartbeat_timeout_s=(
+      fashion_mnist_mlp.get_config().distributed_heartbeat_timeout_s))
   with _launch(out_dir, "killed", workdir, config, via="config",
                extra_env={"TEST_SLOW_FROM_STEP": "5"}) as run:
     metrics, checkpoint = workdir / "metrics.jsonl", workdir / "checkpoints" / "4"
@@ -276,7 +282,7 @@ def test_settings_from_config_and_environment(monkeypatch):
   s = distributed.settings(config, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
                                     "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"})
   assert (s.coordinator_address, s.num_processes, s.process_id) == ("10.0.0.1:1234", 4, 3)
-  assert (s.init_timeout_s, s.heartbeat_timeout_s) == (300, 100)
+  assert (s.init_timeout_s, s.heartbeat_timeout_s) == (300, 30)
   for launcher in ({"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2"},
                    {"OMPI_COMM_WORLD_SIZE": "8"}, {"TPU_WORKER_HOSTNAMES": "a,b"}):
     s = distributed.settings(config, launcher)  # left to JAX's auto-detection
@@ -328,18 +334,18 @@ def test_two_processes_equal_one_process_with_four_devices(fake_dataset, straigh
       train_lib.load_source(config, config.eval_split), config, mesh)
   assert summaries[0]["test_examples"] == reference["test_examples"] == 100
   assert summaries[0]["test_error"] == pytest.approx(reference["test_error"], abs=1e-9)
-  evals = [r for r in train_lib.read_metrics(str(workdir)) if r.get("eval")]
+  evals = [r for r in reporting.read_metrics(str(workdir)) if r.get("eval")]
   assert [r["test_examples"] for r in evals] == [100, 100]
 
 
 def test_only_process_zero_writes_logs(straight):
   workdir, run = straight
   logs = re.compile(r"^(metrics\.jsonl|eval\.json|.*\.png|tensorboard/.*)$")
-  zero, one = ([f for f in run.json(i, "written") if logs.match(f)] for i in range(2))
+  zero, one = ([f for f in run.written(i) if logs.match(f)] for i in range(2))
   assert "metrics.jsonl" in zero and any(f.startswith("tensorboard/") for f in zero)
   assert one == [], f"process 1 wrote log files: {one}"
   assert len(os.listdir(workdir / "tensorboard")) == 1  # one events file
-  steps = [r["step"] for r in train_lib.read_metrics(str(workdir)) if not r.get("eval")]
+  steps = [r["step"] for r in reporting.read_metrics(str(workdir)) if not r.get("eval")]
   assert steps == list(range(1, 9))  # each record once
 
 
@@ -353,7 +359,7 @@ def test_eval_py_on_two_processes_writes_only_from_process_zero(fake_dataset, st
   assert result["step"] == 8 and result["test_examples"] == 100
   assert result["test_error"] == pytest.approx(
       train_run.json(0, "summary")["test_error"], abs=1e-9)
-  zero, one = run.json(0, "written"), run.json(1, "written")
+  zero, one = run.written(0), run.written(1)
   assert "eval.json" in zero and any(f.endswith(".png") for f in zero)
   assert [f for f in one if not f.startswith("checkpoints")] == []
   assert "wrote" in run.log(0) and "wrote" not in run.log(1)
@@ -375,7 +381,7 @@ def test_resume_after_kill_ends_like_uninterrupted_run(fake_dataset, killed, str
                                                       out_dir):
   workdir, _, _, _ = killed
   config = _multihost_config(fake_dataset)
-  before = train_lib.read_metrics(str(workdir))
+  before = reporting.read_metrics(str(workdir))
   assert max(r["step"] for r in before) >= 5  # logged past the step-4 checkpoint
   assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
   with _launch(out_dir, "resumed", workdir, config) as run:
@@ -384,8 +390,8 @@ def test_resume_after_kill_ends_like_uninterrupted_run(fake_dataset, killed, str
   a, b = _final_state(config, straight_dir), _final_state(config, workdir)
   assert int(a.step) == int(b.step) == 8
   _assert_close(a, b, 0)  # bit-identical on CPU
-  assert _strip(train_lib.read_metrics(str(workdir))) == _strip(
-      train_lib.read_metrics(str(straight_dir)))
+  assert _strip(reporting.read_metrics(str(workdir))) == _strip(
+      reporting.read_metrics(str(straight_dir)))
 
 
 def test_unreachable_peers_fail_clearly_within_the_timeout(fake_dataset, out_dir):

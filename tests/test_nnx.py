@@ -68,6 +68,37 @@ def test_conv_equals_linen_conv(per_example):
     layer(XC, noise=u[..., :3])
 
 
+@pytest.mark.parametrize("per_example", [False, True])
+def test_conv_bn_equals_linen_batch_norm_conv(per_example):
+  layer = l0nnx.L0ConvBN(3, 4, (3, 3), sample_per_example=per_example, momentum=0.8,
+                         rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(7)
+  layer.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, 4), jnp.float32)
+  layer.bias[...] = jnp.asarray(rng.normal(size=4), jnp.float32)
+  layer.log_alpha[...] = jnp.asarray([-9.0, 0.5, 2.0, -0.3], jnp.float32)  # one closed
+  params = _params(layer)
+  assert sorted(params) == ["bias", "kernel", "log_alpha", "scale"]
+  linen = linen_layers.L0Conv(4, (3, 3), batch_norm=True, bn_momentum=0.8,
+                              sample_per_example=per_example)
+  stats = {"mean": jnp.zeros(4), "var": jnp.ones(4)}
+  u = jax.random.uniform(jax.random.key(5), ((2,) if per_example else ()) + (4,))
+  want, updated = linen.apply(
+      {"params": params, "batch_stats": stats,
+       linen_layers.NOISE_COLLECTION: {"uniform": u}},
+      XC, deterministic=False, mutable=["batch_stats"])
+  got = layer(XC, noise=u)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(got)[..., 0] == 0.0)  # a closed channel is exactly zero
+  for name in ("mean", "var"):  # the same running statistics, the closed one unmoved
+    np.testing.assert_allclose(getattr(layer, name)[...],
+                               updated["batch_stats"][name], rtol=1e-6, atol=1e-7)
+  assert float(layer.mean[...][0]) == 0.0 and float(layer.var[...][0]) == 1.0
+  np.testing.assert_allclose(
+      layer(XC, deterministic=True),
+      linen.apply({"params": params, "batch_stats": updated["batch_stats"]}, XC,
+                  deterministic=True), rtol=1e-5, atol=1e-6)
+
+
 def test_training_noise_comes_from_the_gates_stream_and_eval_switches_it_off():
   layer = l0nnx.L0Linear(6, 3, rngs=nnx.Rngs(params=0, gates=5))
   key = nnx.Rngs(params=0, gates=5)["gates"]()  # the stream's first key

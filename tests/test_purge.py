@@ -1,6 +1,7 @@
 """purge.py: purged == gated at test time; counts by hand; export round trip."""
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -323,6 +324,61 @@ def test_save_refuses_an_existing_path(tmp_path):
   purge.save(path, small, other, overwrite=True)
   _, loaded = purge.load(path)
   np.testing.assert_array_equal(loaded["fc1"]["kernel"], other["fc1"]["kernel"])
+
+
+def _small_export(tmp_path, **kwargs):
+  model = MLP(features=(4,), num_classes=3)
+  small, small_params = purge.purge(model, _init(model, jnp.ones((1, 6))))
+  return purge.save(tmp_path / "m", small, small_params, **kwargs), small_params
+
+
+def test_export_records_input_and_a_checksum_of_spec_and_arrays(tmp_path):
+  spec_in = {"shape": [6], "dtype": "float32", "range": [0.0, 1.0]}
+  path, params = _small_export(tmp_path, input_spec=spec_in)
+  spec = purge.read_spec(path)
+  assert spec["input"] == spec_in and len(spec[purge.CHECKSUM_KEY]) == 64
+  assert purge.is_export(path) and not purge.is_export(tmp_path)
+  # The checksum is sha256 over the spec without it, then each array's name, dtype,
+  # shape and bytes in sorted order: recomputed here independently.
+  import hashlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256(json.dumps({k: v for k, v in spec.items() if k != "sha256"},
+                                sort_keys=True).encode())
+  for name in sorted(params):
+    for leaf in sorted(params[name]):
+      a = np.asarray(params[name][leaf])
+      h.update(f"{name}/{leaf}:{a.dtype.str}{a.shape}".encode() + a.tobytes())
+  assert h.hexdigest() == spec[purge.CHECKSUM_KEY]
+  # Any change to the spec is caught on load, as a corrupt array would be.
+  spec_path = tmp_path / "m" / purge.SPEC_FILE
+  spec["input"]["range"] = [0.0, 255.0]
+  spec_path.write_text(json.dumps(spec))
+  with pytest.raises(purge.ExportError, match="is corrupt"):
+    purge.load(path)
+  del spec[purge.CHECKSUM_KEY]  # an export of an older l0jax: loads, with a warning
+  spec_path.write_text(json.dumps(spec))
+  with pytest.warns(UserWarning, match="no checksum"):
+    purge.load(path)
+
+
+def test_overwrite_replaces_only_a_previous_export(tmp_path):
+  (tmp_path / "m").mkdir()
+  (tmp_path / "m" / "precious.txt").write_text("keep me")
+  with pytest.raises(purge.ExportError, match="not a saved purged model"):
+    _small_export(tmp_path, overwrite=True)
+  assert (tmp_path / "m" / "precious.txt").read_text() == "keep me"
+  (tmp_path / "m" / "precious.txt").unlink()
+  (tmp_path / "m").rmdir()
+  _small_export(tmp_path)
+  _small_export(tmp_path, overwrite=True)  # an export may replace an export
+  assert sorted(os.listdir(tmp_path)) == ["m"]  # no temporary folder left
+
+
+def test_truncated_spec_names_the_file(tmp_path):
+  path, _ = _small_export(tmp_path)
+  spec_path = tmp_path / "m" / purge.SPEC_FILE
+  spec_path.write_text(spec_path.read_text()[:50])
+  with pytest.raises(purge.ExportError, match=f"{spec_path} is unreadable"):
+    purge.load(path)
 
 
 def test_bad_inputs_raise_clearly():

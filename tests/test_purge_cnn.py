@@ -104,3 +104,34 @@ def test_export_round_trip(tmp_path, name):
   np.testing.assert_array_equal(loaded.apply(lv, x, deterministic=True),
                                 small.apply(sv, x, deterministic=True))
   assert type(loaded) is type(model) and loaded.keep == small.keep
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_test_time_macs_of_the_graph_are_the_purged_models_macs(name):
+  # The MACs graph counts a closed channel out of the layer reading it and keeps
+  # residual streams whole: exactly what compaction builds.
+  model, shape = CASES[name]
+  v = _random_variables(model, shape, seed=5)
+  graph = purge.macs_graph(model, v["params"], shape[1:])
+  c = purge.counts(model, v, input_shape=shape[1:])
+  assert sum(op.macs for op in graph.values()) == c["dense_macs"]
+  got = float(density.macs_density(graph, v["params"], "median")) * c["dense_macs"]
+  np.testing.assert_allclose(got, c["purged_macs"], rtol=1e-5)
+
+
+def test_expected_macs_of_a_block_are_open_in_times_open_out_by_hand():
+  model, shape = CASES["cifar_resnet"]
+  v = _random_variables(model, shape, seed=6)
+  graph = purge.macs_graph(model, v["params"], shape[1:])
+  p = {n: 1.0 / (1.0 + np.exp(-(np.asarray(l.log_alpha, np.float64)
+                                - purge.gates.BETA * np.log(-purge.gates.GAMMA
+                                                            / purge.gates.ZETA))))
+       for n, l in density.gated_layers(v["params"]).items()}
+  got = density.layer_macs(graph, v["params"])
+  # stage1_block1: 12x12 positions, 3x3 kernels; conv1 reads the whole stream (stem
+  # output scattered back: 8 channels), conv2 reads conv1's channels.
+  c1, c2 = p["stage1_block1/conv1"], p["stage1_block1/conv2"]
+  np.testing.assert_allclose(got["stage1_block1/conv1"], 144 * 9 * 8 * c1.sum(), rtol=1e-5)
+  np.testing.assert_allclose(got["stage1_block1/conv2"], 144 * 9 * c1.sum() * c2.sum(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(got["stem"], 144 * 9 * 1 * p["stem"].sum(), rtol=1e-5)

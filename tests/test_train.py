@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_mlp
-from l0jax import data, train_lib
+from l0jax import data, eval_lib, reporting, train_lib, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,10 +106,9 @@ def test_gate_noise_differs_across_devices(fake_dataset, per_example):
                                rtol=1e-5)
 
 
-def _final_checkpoint(config, workdir, devices):
+def _final_checkpoint(config, path, devices):
   task = train_lib.make_task(config, 100)
-  manager = train_lib.checkpoint_manager(workdir, config)
-  return train_lib.restore_latest(manager, train_lib.init_state(config, task))
+  return workdir.Checkpoints(path).restore(train_lib.init_state(config, task))
 
 
 class Killed(Exception):
@@ -136,7 +135,7 @@ def test_resume_equals_uninterrupted_run(fake_dataset, tmp_path, monkeypatch):
   with pytest.raises(Killed):
     train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
   monkeypatch.setattr(data, "train_iterator", real_iterator)
-  assert max(r["step"] for r in train_lib.read_metrics(str(tmp_path / "resumed"))) == 6
+  assert max(r["step"] for r in reporting.read_metrics(str(tmp_path / "resumed"))) == 6
   train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
   a = _final_checkpoint(config, str(tmp_path / "straight"), devices)
   b = _final_checkpoint(config, str(tmp_path / "resumed"), devices)
@@ -144,8 +143,8 @@ def test_resume_equals_uninterrupted_run(fake_dataset, tmp_path, monkeypatch):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)  # bit-identical on CPU
   strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rs]
-  assert strip(train_lib.read_metrics(str(tmp_path / "straight"))) == strip(
-      train_lib.read_metrics(str(tmp_path / "resumed")))
+  assert strip(reporting.read_metrics(str(tmp_path / "straight"))) == strip(
+      reporting.read_metrics(str(tmp_path / "resumed")))
 
 
 def test_checkpoint_of_other_model_fails_clearly(fake_dataset, tmp_path):
@@ -153,8 +152,13 @@ def test_checkpoint_of_other_model_fails_clearly(fake_dataset, tmp_path):
   train_lib.train_and_evaluate(small_config(fake_dataset, num_train_steps=2),
                                str(tmp_path), devices)
   other = small_config(fake_dataset, num_train_steps=4, mlp_features=(8, 4))
-  with pytest.raises(ValueError, match="different model"):
+  with pytest.raises(workdir.WorkdirError, match=r"mlp_features: \[32, 16\] -> \[8, 4\]"):
     train_lib.train_and_evaluate(other, str(tmp_path), devices)
+  # Without the recorded config (a workdir of an older l0jax), the shapes still differ.
+  os.remove(tmp_path / "config.json")
+  task = train_lib.make_task(other, 4)
+  with pytest.raises(workdir.WorkdirError, match="different model"):
+    workdir.Checkpoints(str(tmp_path)).restore(train_lib.init_state(other, task))
 
 
 BAD_VALUES = [
@@ -163,7 +167,12 @@ BAD_VALUES = [
     ("learning_rate", -1e-3), ("gate_learning_rate", -1.0), ("dual_learning_rate", -0.1),
     ("method", "magic"), ("constraint", "global"), ("scheme", "sgda"),
     ("test_gate", "mean"), ("parallel", "vmap"), ("optimizer", "lion"),
-    ("steps_per_dispatch", 0),
+    ("steps_per_dispatch", 0), ("mlp_features", (0, 100)), ("mlp_features", (-5, 100)),
+    ("lenet_conv_features", (20,)), ("lenet_dense_features", 0), ("learning_rate", 0.0),
+    ("eval_every_steps", -7), ("momentum", 1.5), ("seed", -1), ("num_train_steps", -5),
+    ("num_train_steps", 0), ("keep_checkpoints", 0), ("penalty", 0.5),
+    ("penalty", float("nan")), ("train_split", ""),
+    ("droprate_init", 1.0), ("droprate_init", 0.0),
 ]
 
 
@@ -174,6 +183,39 @@ def test_bad_config_values_fail_with_field_named(fake_dataset, field, value):
   with pytest.raises(train_lib.ConfigError, match=f"config.{field}=") as info:
     train_lib.validate_config(config, 4)
   assert "\n" not in str(info.value)
+
+
+def test_penalized_needs_a_penalty(fake_dataset):
+  config = small_config(fake_dataset, method="penalized")
+  with pytest.raises(train_lib.ConfigError, match=r"config.penalty=0.0 .* must be > 0"):
+    train_lib.validate_config(config, 4)
+  config.penalty = 0.1
+  train_lib.validate_config(config, 4)
+  config.gated = False  # nothing to penalize: no penalty needed
+  config.penalty = 0.0
+  train_lib.validate_config(config, 4)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet5"])
+def test_droprate_init_sets_every_gates_initial_open_probability(fake_dataset, model):
+  config = small_config(fake_dataset, model=model, droprate_init=0.3)
+  task = train_lib.make_task(config, 10)
+  params = train_lib.init_state(config, task).params
+  # P(z != 0) of log_alpha = logit(1 - 0.3) (+ N(0, 0.01^2) noise), in float64.
+  beta, gamma, zeta = 2 / 3, -0.1, 1.1
+  want = 1 / (1 + np.exp(-(np.log(0.7 / 0.3) - beta * np.log(-gamma / zeta))))
+  log_alphas = [np.asarray(v["log_alpha"], np.float64) for v in params.values()]
+  assert len(log_alphas) == (3 if model == "mlp" else 4)
+  for la in log_alphas:
+    p = 1 / (1 + np.exp(-(la - beta * np.log(-gamma / zeta))))
+    np.testing.assert_allclose(p, want, atol=0.01)
+  # < 0 keeps the model's own: the MLP's input gates start at drop rate 0.2.
+  default = train_lib.init_state(small_config(fake_dataset, model=model),
+                                 train_lib.make_task(small_config(fake_dataset,
+                                                                  model=model), 10))
+  first = np.asarray(default.params["fc1" if model == "mlp" else "conv1"]["log_alpha"])
+  np.testing.assert_allclose(first.mean(), np.log(0.8 / 0.2) if model == "mlp" else 0.0,
+                             atol=0.01)
 
 
 def test_layerwise_target_list_length(fake_dataset):
@@ -202,36 +244,34 @@ def test_train_py_reports_bad_value_in_one_line(fake_dataset, tmp_path):
 
 
 def test_end_to_end_hits_target_and_eval_writes_everything(fake_dataset, tmp_path):
+  run, exported = tmp_path / "run", tmp_path / "purged"
   config = small_config(fake_dataset, num_train_steps=400, target_density=0.5,
                         log_every_steps=20, eval_every_steps=200,
                         checkpoint_every_steps=200, tensorboard=True)
   devices = jax.devices()[:2]
-  summary = train_lib.train_and_evaluate(config, str(tmp_path), devices)
+  summary = train_lib.train_and_evaluate(config, str(run), devices)
   assert abs(summary["expected_density"] - 0.5) <= 0.02, summary
   assert summary["test_error"] < 0.5
-  records = train_lib.read_metrics(str(tmp_path))
+  records = reporting.read_metrics(str(run))
   train_records = [r for r in records if not r.get("eval")]
   for key in ("step", "loss", "accuracy", "lagrangian", "expected_density",
               "layer_densities", "multipliers", "examples_per_sec"):
     assert key in train_records[-1]
-  assert os.listdir(tmp_path / "tensorboard")
+  assert os.listdir(run / "tensorboard")
 
-  proc = subprocess.run(
-      [sys.executable, "eval.py", "--config=configs/fashion_mnist_mlp.py:runlocal",
-       f"--workdir={tmp_path}", f"--config.idx_dir={config.idx_dir}",
-       f"--config.data_dir={config.data_dir}", "--config.mlp_features=(32, 16)",
-       "--config.batch_size=20", "--config.target_density=0.5",
-       f"--export={tmp_path / 'purged'}"],
+  proc = subprocess.run(  # the config train_and_evaluate recorded in the workdir
+      [sys.executable, "eval.py", f"--workdir={run}",
+       f"--export={exported}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  result = json.loads((tmp_path / "eval.json").read_text())
+  result = json.loads((run / "eval.json").read_text())
   for key in ("test_error", "expected_density", "test_time_density", "kept_units",
               "n_params_dense", "n_params_kept"):
     assert key in result
   assert result["test_error"] == pytest.approx(summary["test_error"])
   assert result["n_params_kept"] < result["n_params_dense"]
   for name in ("density.png", "kept_units.png", "test_error.png"):
-    assert (tmp_path / name).stat().st_size > 1000
+    assert (run / name).stat().st_size > 1000
   for key in ("purged_params", "purged_macs", "purged_density", "architecture"):
     assert key in result
   assert result["purged_density"] <= result["test_time_density"] + 1e-6
@@ -241,8 +281,8 @@ def test_end_to_end_hits_target_and_eval_writes_everything(fake_dataset, tmp_pat
 
   # The exported purged model computes what the gated model computes at test time.
   from l0jax import purge
-  purged_model, purged_params = purge.load(str(tmp_path / "purged"))
-  task, state = train_lib.restore_for_eval(config, str(tmp_path))
+  purged_model, purged_params = purge.load(str(exported))
+  task, state = eval_lib.restore_for_eval(config, str(run))
   x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
   np.testing.assert_allclose(
       purged_model.apply({"params": purged_params}, x),
@@ -361,7 +401,7 @@ def _count_multi_step_calls(monkeypatch):
 
 def _records(workdir):
   return [{k: v for k, v in r.items() if k != "examples_per_sec"}
-          for r in train_lib.read_metrics(workdir)]
+          for r in reporting.read_metrics(workdir)]
 
 
 def _assert_records_close(a, b):

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from configs import fashion_mnist_resnet20
-from l0jax import data, train_lib
+from l0jax import data, eval_lib, train_lib
 
 
 class Killed(Exception):
@@ -76,8 +76,8 @@ def test_resume_with_batch_statistics_is_bit_identical(image_datasets, tmp_path,
     train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
   monkeypatch.setattr(data, "train_iterator", real_iterator)
   train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
-  _, a = train_lib.restore_for_eval(config, str(tmp_path / "straight"))
-  _, b = train_lib.restore_for_eval(config, str(tmp_path / "resumed"))
+  _, a = eval_lib.restore_for_eval(config, str(tmp_path / "straight"))
+  _, b = eval_lib.restore_for_eval(config, str(tmp_path / "resumed"))
   assert int(a.step) == int(b.step) == 4
   assert jax.tree.leaves(a.batch_stats)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -137,3 +137,25 @@ def test_label_smoothing_matches_the_formula():
   np.testing.assert_allclose(got, want, rtol=1e-6)
   np.testing.assert_allclose(train_lib.cross_entropy(logits, labels),
                              -logp[np.arange(2), np.asarray(labels)].mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("constraint", ["model", "layerwise"])
+def test_macs_density_mode_constrains_the_graphs_expected_macs(image_datasets, constraint):
+  from l0jax import density, purge  # pylint: disable=g-import-not-at-top
+  config = cnn_config(image_datasets, density_mode="macs", constraint=constraint,
+                      target_density=0.5)
+  task = train_lib.make_task(config, 4)
+  params = train_lib.init_state(config, task).params
+  graph = purge.macs_graph(task.model, params, train_lib.input_shape(config))
+  macs = density.layer_macs(graph, params)
+  values = np.asarray(task.constraints(params))
+  if constraint == "model":
+    np.testing.assert_allclose(values, [sum(macs.values()) /
+                                        sum(op.macs for op in graph.values())], rtol=1e-6)
+  else:
+    names = task.layer_names
+    np.testing.assert_allclose(values, [macs[n] / graph[n].macs for n in names], rtol=1e-6)
+  # MACs fall faster than parameters: a gate closes a channel in two layers.
+  assert values.min() < float(density.expected_density(params))
+  state, metrics = _steps(config, jax.devices()[:1])
+  assert np.all(np.isfinite(np.asarray(metrics["constraint_values"])))
