@@ -30,7 +30,7 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/*.py import `configs.default`, as under train.py
 
-from l0jax import density, train_lib  # pylint: disable=wrong-import-position
+from l0jax import density, reporting, train_lib  # pylint: disable=wrong-import-position
 from l0jax.science import density_search  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
@@ -77,7 +77,7 @@ def run_train(args, workdir):
 
 
 def final_error(workdir):
-  evals = [r for r in train_lib.read_metrics(workdir) if r.get("eval")]
+  evals = [r for r in reporting.read_metrics(workdir) if r.get("eval")]
   if not evals:
     raise RuntimeError(f"{workdir}/metrics.jsonl has no eval record")
   return float(evals[-1]["test_error"])

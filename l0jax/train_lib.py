@@ -595,14 +595,16 @@ NONFINITE_STEP = "nonfinite_step"  # metrics key: see with_nonfinite_step
 def with_nonfinite_step(body: Callable) -> Callable:
   """Adds ``metrics[NONFINITE_STEP]`` to a step body: 0, or the step number (the
   ``step`` of its log record) when any metric (loss, Lagrangian, accuracy, constraint
-  values, multipliers, densities) is not finite.
+  values, multipliers, densities) is not finite. The gradient-flow metrics
+  (``config.log_egf``) are NaN on the steps that do not log them and are left out.
 
   A scalar reduced on the device from scalars and per-layer values, so the loop can
   stop a diverged run without copying the metrics of every step to the host.
   """
   def step(state, batch):
     new_state, metrics = body(state, batch)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
+    checked = [v for k, v in metrics.items() if k not in egf.FLOW_METRICS]
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(checked)]))
     bad = jnp.where(finite, 0, state.step + 1).astype(jnp.int32)
     return new_state, {**metrics, NONFINITE_STEP: bad}
   return step

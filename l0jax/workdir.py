@@ -89,6 +89,7 @@ RESUMABLE_FIELDS: Dict[str, str] = {
     "keep_checkpoints": _LOGGING,
     "progress_bar": _LOGGING,
     "tensorboard": _LOGGING,
+    "log_egf": _LOGGING,
     "steps_per_dispatch": _SAME_STEPS,
     "parallel": _SAME_STEPS,
     "ops_method": _SAME_STEPS,

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from l0jax import data, train_lib
+from l0jax import data, reporting, train_lib
 from l0jax.science import egf
 from tests.test_train import small_config
 
@@ -73,6 +73,6 @@ def test_log_egf_leaves_training_unchanged_and_agrees_on_4_devices_shard_map(fak
 def test_log_egf_reaches_metrics_jsonl(fake_dataset, tmp_path):
   config = small_config(fake_dataset, log_egf=True, num_train_steps=4)
   train_lib.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
-  records = [r for r in train_lib.read_metrics(str(tmp_path)) if not r.get("eval")]
+  records = [r for r in reporting.read_metrics(str(tmp_path)) if not r.get("eval")]
   assert [r["step"] for r in records] == [2, 4]
   assert all(r["egf_l2"] > 0 and r["grad_norm_l1"] > 0 for r in records)
