@@ -46,7 +46,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from l0jax import constrained, data, density, distributed, layers, ops
+from l0jax import constrained, data, density, dependency, distributed, layers, ops
 from l0jax.errors import UserError
 from l0jax import models
 from l0jax.models import MLP, LeNet5Caffe
@@ -62,6 +62,7 @@ DUAL_OPTIMIZERS = ("sgd", "nupi")
 PARALLEL = ("pmap", "shard_map")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian")
 DENSITY_MODES = ("independent", "cascade")
+GATE_SOURCES = ("independent", "dep_forward", "dep_backward")
 
 
 class ConfigError(UserError, ValueError):
@@ -176,6 +177,7 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
     if not 0 < config.lr_decay_factor <= 1:
       _fail("lr_decay_factor", config.lr_decay_factor, "must be in (0, 1]")
   _choice(config, "density_mode", DENSITY_MODES)
+  _validate_gate_source(config)
   _choice(config, "ops_method", ops.METHODS)
   for field in ("learning_rate", "gate_learning_rate", "dual_learning_rate", "momentum",
                 "penalty", "nupi_kp"):
@@ -335,6 +337,36 @@ def constraint_fn(config) -> Callable:
   return lambda params: jnp.stack(list(layer_densities(params).values()))
 
 
+def _validate_gate_source(config) -> None:
+  _choice(config, "gate_source", GATE_SOURCES)
+  if config.gate_source == "independent":
+    return
+  if not config.gated:
+    _fail("gate_source", config.gate_source, "needs gated=True")
+  _choice(config, "dep_bias_init", ("paper", "droprate"))
+  if not isinstance(config.dep_input_size, int) or config.dep_input_size < 1:
+    _fail("dep_input_size", config.dep_input_size, "must be an integer >= 1")
+  d = config.droprate_init
+  if (config.dep_bias_init == "droprate"
+      and abs(math.log((1 - d) / d)) >= dependency.LOG_ALPHA_BOUND):
+    _fail("droprate_init", d, "dep_bias_init='droprate' needs it in (1/101, 100/101) "
+          "(generated log_alphas lie in (-log 100, log 100))")
+
+
+def gate_generator(config, model=None) -> Optional[dependency.GateGenerator]:
+  """The Dep-L0 gate generator of ``config.gate_source`` ("dep_forward" /
+  "dep_backward"; None for "independent"), over the model's gated layers in call
+  order. The trainer keeps its parameters in ``params[dependency.GENERATOR_KEY]``."""
+  if config.gate_source == "independent":
+    return None
+  model = build_model(config) if model is None else model
+  x = jax.ShapeDtypeStruct((1,) + input_shape(config), jnp.float32)
+  return dependency.GateGenerator(
+      dependency.execution_order(model, x, deterministic=True),
+      order=config.gate_source[len("dep_"):], input_size=config.dep_input_size,
+      droprate_init=config.droprate_init if config.dep_bias_init == "droprate" else None)
+
+
 class Task(NamedTuple):
   """The static pieces a run is made of."""
   model: Any
@@ -343,6 +375,7 @@ class Task(NamedTuple):
   dual_tx: Any
   constraints: Callable
   layer_names: tuple
+  generator: Optional[dependency.GateGenerator] = None  # Dep-L0 (config.gate_source)
 
 
 def make_task(config, total_steps: Optional[int] = None) -> Task:
@@ -353,7 +386,8 @@ def make_task(config, total_steps: Optional[int] = None) -> Task:
   per_epoch = (num_train_examples(config) // config.batch_size
                if config.lr_schedule == "step" else None)
   return Task(model, problem, make_primal_optimizer(config, total_steps, per_epoch),
-              make_dual_optimizer(config, problem), constraint_fn(config), names)
+              make_dual_optimizer(config, problem), constraint_fn(config), names,
+              gate_generator(config, model))
 
 
 def init_state(config, task: Task) -> TrainState:
@@ -364,6 +398,9 @@ def init_state(config, task: Task) -> TrainState:
   variables = jax.jit(lambda x: task.model.init(
       {"params": init_key, "gates": gate_key}, x, deterministic=True))(x)
   params = variables["params"]
+  if task.generator is not None:  # Dep-L0: params also hold the generator
+    params = dependency.attach(params, task.generator,
+                               task.generator.init(jax.random.fold_in(key, 1)))
   init_multipliers = None
   if task.problem.formulation == "penalized":
     init_multipliers = jnp.full((task.problem.num_constraints,), config.penalty)
@@ -421,6 +458,7 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
   example_offset = jax.lax.axis_index(AXIS) * per_device
 
   def fn(params):
+    params = dependency.generated_params(params, task.generator)
     logits, batch_stats = _forward_train(task.model, params, state.batch_stats,
                                          batch["image"], step_key, config, example_offset)
     loss = cross_entropy(logits, batch["label"], label_smoothing=config.label_smoothing)
@@ -433,6 +471,7 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
       grad_reduce=lambda tree: jax.lax.pmean(tree, AXIS))
   params, opt_state, cstate, m = update(fn, state.params, state.opt_state,
                                         state.constrained)
+  params = dependency.synced(params, task.generator)  # log_alpha leaves = generated
   metrics = {
       "loss": m["objective"],
       "accuracy": jax.lax.pmean(m["aux"]["accuracy"], AXIS),
@@ -451,7 +490,8 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
 
 def eval_variables(state: TrainState) -> Dict[str, Any]:
   """What the eval step needs of a state: parameters and BatchNorm statistics."""
-  return {"params": state.params, "batch_stats": state.batch_stats}
+  return {"params": dependency.model_params(state.params),
+          "batch_stats": state.batch_stats}
 
 
 def eval_step_body(variables, batch, *, config, task: Task):
@@ -823,6 +863,7 @@ def _host_metrics(metrics, task: Task, step: int, config) -> Dict[str, Any]:
 # ======================================================================================
 def gate_report(params, config) -> Dict[str, Any]:
   """Densities, kept units and parameter counts of (host) params at test time."""
+  params = dependency.model_params(params)  # a Dep-L0 generator is not deployed
   leaves = jax.tree.leaves(params)
   log_alpha_count = sum(l.size for p, l in jax.tree_util.tree_flatten_with_path(params)[0]
                         if getattr(p[-1], "key", None) == "log_alpha")
