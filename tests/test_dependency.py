@@ -293,3 +293,28 @@ def test_dep_l0_run_resumes_bit_identically(fake_dataset, tmp_path, monkeypatch)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert 0 < summary["expected_density"] <= 1
+
+
+# --- configs ------------------------------------------------------------------------
+@pytest.mark.parametrize("name,lambdas", [
+    ("cifar10_vgg16_depl0", {"forward": 1e-6, "backward": 1e-6, "hc": 5e-7}),
+    ("cifar10_resnet56_depl0", {"forward": 5e-7, "backward": 1e-6, "hc": 5e-7})])
+def test_cifar_depl0_configs_turn_the_papers_lambda_into_a_density_penalty(
+    name, lambdas, tmp_path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config()
+  assert (config.gate_source, config.method) == ("dep_forward", "constrained")
+  config.fake_data, config.data_dir = True, str(tmp_path)
+  n = sum(layer.num_sparsifiable for layer in
+          density.gated_layers(train_lib.abstract_params(config)).values())
+  sources = {"forward": "dep_forward", "backward": "dep_backward", "hc": "independent"}
+  for arm, lam in lambdas.items():
+    config = module.get_config(f"{arm},penalized")
+    assert (config.gate_source, config.method) == (sources[arm], "penalized")
+    np.testing.assert_allclose(config.penalty, lam * n, rtol=1e-12)
+  small = module.get_config("backward,runlocal")
+  assert small.fake_data and small.gate_source == "dep_backward"
+  assert small.num_train_steps <= 600
+  with pytest.raises(ValueError, match="unknown config argument"):
+    module.get_config("sideways")
