@@ -1,5 +1,6 @@
 """Dep-L0 gate generator: shapes, bounds, order, gradients, init, substitution, trainer."""
 
+import json
 import math
 
 import jax
@@ -268,31 +269,14 @@ def test_dep_l0_one_vs_four_devices_same_result(fake_dataset):
 
 def test_dep_l0_run_resumes_bit_identically(fake_dataset, tmp_path, monkeypatch):
   from tests import test_train  # pylint: disable=g-import-not-at-top
-  from l0jax import data  # pylint: disable=g-import-not-at-top
-  devices = jax.devices()[:2]
   config = _small_config(fake_dataset, num_train_steps=6, checkpoint_every_steps=3,
                          log_every_steps=1)
-  train_lib.train_and_evaluate(config, str(tmp_path / "straight"), devices)
-  real_iterator = data.train_iterator
-
-  def dying_iterator(*args, **kwargs):
-    it = real_iterator(*args, **kwargs)
-    for _ in range(4):
-      yield next(it)
-    raise test_train.Killed()
-
-  monkeypatch.setattr(data, "train_iterator", dying_iterator)
-  with pytest.raises(test_train.Killed):
-    train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
-  monkeypatch.setattr(data, "train_iterator", real_iterator)
-  summary = train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
-  a = test_train._final_checkpoint(config, str(tmp_path / "straight"), devices)
-  b = test_train._final_checkpoint(config, str(tmp_path / "resumed"), devices)
-  assert int(a.step) == int(b.step) == 6
-  assert dependency.GENERATOR_KEY in a.params
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
-  assert 0 < summary["expected_density"] <= 1
+  final = test_train.assert_resume_equals_uninterrupted_run(
+      config, tmp_path, monkeypatch, killed_at=5)
+  assert dependency.GENERATOR_KEY in final.params
+  summary = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text()
+                       .splitlines()[-1])
+  assert summary["eval"] and 0 < summary["expected_density"] <= 1
 
 
 # --- configs ------------------------------------------------------------------------
