@@ -5,8 +5,10 @@ arguments as configs/cifar10_vgg16_depl0.py (``forward`` | ``backward`` | ``hc``
 
 The paper's settings: generator input 16 (forward) or 64 (backward); lambda 5e-7
 (forward), 1e-6 (backward), 5e-7 (L0-HC), applied as ``penalty = lambda * 850,336``
-(the 55 gated convolutions' sparsifiable parameters; see configs/cifar10_vgg16_depl0.py
-for what this does and does not reproduce).
+(the 55 gated convolutions' sparsifiable parameters) on the paper's cost
+(``density_mode="dep_l0"``, along the call order: each convolution's inputs counted as
+the previous gated convolution's outputs, as the paper's chain does; the residual sums
+are not modelled); see configs/cifar10_vgg16_depl0.py.
 
     python train.py --config=configs/cifar10_resnet56_depl0.py --workdir=/tmp/r56_dep
     python train.py --config=configs/cifar10_resnet56_depl0.py:backward,penalized --workdir=...

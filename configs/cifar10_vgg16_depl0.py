@@ -13,14 +13,14 @@ The argument picks the arm, comma-separated:
     python train.py --config=configs/cifar10_vgg16_depl0.py:backward,penalized --workdir=...
     python train.py --config=configs/cifar10_vgg16_depl0.py:runlocal --workdir=/tmp/quick
 
-Penalized: the paper's lambda weighs each expected open parameter (1e-6 Dep-L0, 5e-7
-L0-HC for VGG-16); l0jax's penalty multiplies the expected *density*, so
-``penalty = lambda * sparsifiable parameters`` (14,714,688 for VGG-16: the 13 gated
-convolutions' kernels and BN shifts, counted by l0jax.density; tests/test_dependency.py
-checks it). The paper's cost counts E[open inputs] x E[open outputs] x k^2 per
-convolution; l0jax penalizes the expected density of each layer's own gates (the
-Dep-L0 cost is not implemented yet), so the penalized arm is the paper's lambda on
-l0jax's cost, not a reproduction.
+Penalized, as published: the cost is the paper's, E[open inputs] x E[open outputs] x
+k^2 per convolution (``density_mode="dep_l0"``), and the paper's lambda weighs each
+expected open parameter (1e-6 Dep-L0, 5e-7 L0-HC for VGG-16); l0jax's penalty
+multiplies the cost as a *density*, so ``penalty = lambda * sparsifiable parameters``
+(14,714,688 for VGG-16: the 13 gated convolutions' kernels and BN shifts, counted by
+l0jax.density; tests/test_dependency.py checks it). Constrained arms keep l0jax's
+default cost (each layer's own gates, as configs/cifar10_vgg16.py);
+``--config.density_mode=dep_l0`` constrains the paper's cost instead.
 """
 
 from configs import cifar10_vgg16, default
@@ -46,6 +46,7 @@ def depl0_variant(config, arg, *, num_sparsifiable: int, lambdas, input_sizes):
   config.dep_bias_init = "paper"
   if "penalized" in words:
     config.method = "penalized"
+    config.density_mode = "dep_l0"
     config.penalty = lambdas[arm] * num_sparsifiable
   if "runlocal" in words:
     config = default.runlocal(config)

@@ -56,7 +56,7 @@ def get_config():
   config.constraint = "model"             # "model" (one constraint) | "layerwise" (one per gated layer)
   config.target_density = 0.33            # in (0, 1]; with "layerwise", the target of every layer
   config.layer_targets = ()               # "layerwise" only: one target per gated layer, e.g. "(0.5, 0.3, 0.8)"
-  config.density_mode = "independent"     # "independent" (the papers') | "cascade" (what purging keeps)
+  config.density_mode = "independent"     # "independent" (the papers') | "cascade" (what purging keeps) | "dep_l0" (Dep-L0's cost: cascade in call order)
   config.penalty = 0.0                    # penalized: loss + penalty * expected density (per constraint)
   config.formulation = "lagrangian"       # "lagrangian" | "augmented_lagrangian"
   config.penalty_coefficient = 0.0        # augmented Lagrangian c > 0

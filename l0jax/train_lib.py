@@ -61,7 +61,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 PARALLEL = ("pmap", "shard_map")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian")
-DENSITY_MODES = ("independent", "cascade")
+DENSITY_MODES = ("independent", "cascade", "dep_l0")
 GATE_SOURCES = ("independent", "dep_forward", "dep_backward")
 
 
@@ -324,17 +324,27 @@ def constraint_fn(config) -> Callable:
   ``density_mode="independent"`` is the papers' expected L0 of each layer's own gates;
   ``"cascade"`` also counts what a closed gate makes dead in the neighbouring layers
   (``density.cascade_layer_densities``), i.e. the size purging deploys.
+  ``"dep_l0"`` is the Dep-L0 paper's cost: the cascade along the gated layers' call
+  order (:func:`gate_order`), each layer's inputs taken as the previous gated layer's
+  outputs, so a conv counts ``E[open inputs] * E[open outputs] * k^2`` (plus its
+  channels' biases).
   """
   if not config.gated:
     return lambda params: jnp.zeros((0,), jnp.float32)
-  cascade = config.density_mode == "cascade"
+  cascade = config.density_mode in ("cascade", "dep_l0")
+  order = ([name for name, _ in gate_order(config)] if config.density_mode == "dep_l0"
+           else None)
   if config.constraint == "model":
-    model_density = (density.cascade_expected_density if cascade
-                     else density.expected_density)
+    model_density = (functools.partial(density.cascade_expected_density, order=order)
+                     if cascade else density.expected_density)
     return lambda params: model_density(params)[None]
-  layer_densities = (density.cascade_layer_densities if cascade
-                     else density.layer_expected_densities)
-  return lambda params: jnp.stack(list(layer_densities(params).values()))
+  layer_densities = (functools.partial(density.cascade_layer_densities, order=order)
+                     if cascade else density.layer_expected_densities)
+
+  def per_layer(params):  # in task.layer_names' order (density.gated_layers)
+    values = layer_densities(params)
+    return jnp.stack([values[name] for name in density.gated_layers(params)])
+  return per_layer
 
 
 def _validate_gate_source(config) -> None:
@@ -353,17 +363,21 @@ def _validate_gate_source(config) -> None:
           "(generated log_alphas lie in (-log 100, log 100))")
 
 
+def gate_order(config, model=None) -> tuple:
+  """``((path, log_alpha shape), ...)`` of the model's gated layers in call order."""
+  model = build_model(config) if model is None else model
+  x = jax.ShapeDtypeStruct((1,) + input_shape(config), jnp.float32)
+  return dependency.execution_order(model, x, deterministic=True)
+
+
 def gate_generator(config, model=None) -> Optional[dependency.GateGenerator]:
   """The Dep-L0 gate generator of ``config.gate_source`` ("dep_forward" /
   "dep_backward"; None for "independent"), over the model's gated layers in call
   order. The trainer keeps its parameters in ``params[dependency.GENERATOR_KEY]``."""
   if config.gate_source == "independent":
     return None
-  model = build_model(config) if model is None else model
-  x = jax.ShapeDtypeStruct((1,) + input_shape(config), jnp.float32)
   return dependency.GateGenerator(
-      dependency.execution_order(model, x, deterministic=True),
-      order=config.gate_source[len("dep_"):], input_size=config.dep_input_size,
+      gate_order(config, model), order=config.gate_source[len("dep_"):], input_size=config.dep_input_size,
       droprate_init=config.droprate_init if config.dep_bias_init == "droprate" else None)
 
 

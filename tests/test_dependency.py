@@ -295,10 +295,45 @@ def test_cifar_depl0_configs_turn_the_papers_lambda_into_a_density_penalty(
   sources = {"forward": "dep_forward", "backward": "dep_backward", "hc": "independent"}
   for arm, lam in lambdas.items():
     config = module.get_config(f"{arm},penalized")
-    assert (config.gate_source, config.method) == (sources[arm], "penalized")
+    assert (config.gate_source, config.method, config.density_mode) == (
+        sources[arm], "penalized", "dep_l0")
     np.testing.assert_allclose(config.penalty, lam * n, rtol=1e-12)
   small = module.get_config("backward,runlocal")
   assert small.fake_data and small.gate_source == "dep_backward"
   assert small.num_train_steps <= 600
   with pytest.raises(ValueError, match="unknown config argument"):
     module.get_config("sideways")
+
+
+# --- the Dep-L0 cost (density_mode="dep_l0") ------------------------------------------
+@pytest.mark.parametrize("name", ["cifar10_vgg16_depl0", "cifar10_resnet56_depl0"])
+def test_dep_l0_cost_is_expected_open_inputs_times_outputs_along_the_call_order(
+    name, tmp_path):
+  """Against numpy: per gated conv ``k^2 E[in] E[out] + E[out]`` (the BN shift shares
+  the channel's gate), E[in] the previous gated layer's E[out] (the image's channels
+  for the first), over the dense count."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config("hc,runlocal")
+  config.data_dir, config.density_mode = str(tmp_path), "dep_l0"
+  task = train_lib.make_task(config, 10)
+  params = dict(train_lib.init_state(config, task).params)
+  order = train_lib.gate_order(config)
+  rng = np.random.default_rng(0)
+  log_alphas = {n: rng.normal(0.0, 2.0, shape).astype(np.float32) for n, shape in order}
+  params = dependency._replace_log_alphas(params, log_alphas)  # pylint: disable=protected-access
+  active, dense, e_in, per_layer = 0.0, 0.0, 3.0, {}
+  for n, _ in order:
+    node = params
+    for key in n.split("/"):
+      node = node[key]
+    kh, kw, c_in, c_out = node["kernel"].shape
+    e_out = _expected_open(log_alphas[n]).sum()
+    a = kh * kw * e_in * e_out + e_out
+    per_layer[n] = a / (kh * kw * c_in * c_out + c_out)
+    active, dense, e_in = active + a, dense + kh * kw * c_in * c_out + c_out, e_out
+  np.testing.assert_allclose(task.constraints(params), [active / dense], rtol=1e-5)
+  config.constraint = "layerwise"
+  values = train_lib.constraint_fn(config)(params)
+  np.testing.assert_allclose(values, [per_layer[n] for n in task.layer_names], rtol=1e-5)
+  if "resnet" in name:  # the stem is called first but sorts last: order matters here
+    assert [n for n, _ in order] != list(task.layer_names)
