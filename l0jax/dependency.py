@@ -35,6 +35,12 @@ output after every step (:func:`synced`)::
     params = attach(params, generator, generator.init(key))   # adds params["gate_generator"]
     loss = loss_fn(generated_params(params, generator))        # gradients reach the generator
     model.apply({"params": model_params(params)}, x)           # after `synced`
+
+With the path API (:mod:`l0jax.gating`) the generator's output is the ``log_alphas``
+dict itself: ``GateGenerator(tuple((name, la.shape) for name, la in
+init_gates(key, params, specs).items()))``, then ``apply_gates(params,
+generator.apply(generator_params), specs, key=...)`` (order the layers as the model
+uses them).
 """
 
 from __future__ import annotations

@@ -353,6 +353,10 @@ def _validate_gate_source(config) -> None:
     return
   if not config.gated:
     _fail("gate_source", config.gate_source, "needs gated=True")
+  if config.unstructured:  # maps of (gates of layer k) x (gates of layer k+1) weights
+    _fail("gate_source", config.gate_source, "needs structured gates "
+          "(unstructured=False): with one gate per weight the generator's maps would "
+          "hold (weights of layer k) x (weights of layer k+1) parameters")
   _choice(config, "dep_bias_init", ("paper", "droprate"))
   if not isinstance(config.dep_input_size, int) or config.dep_input_size < 1:
     _fail("dep_input_size", config.dep_input_size, "must be an integer >= 1")

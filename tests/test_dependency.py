@@ -337,3 +337,26 @@ def test_dep_l0_cost_is_expected_open_inputs_times_outputs_along_the_call_order(
   np.testing.assert_allclose(values, [per_layer[n] for n in task.layer_names], rtol=1e-5)
   if "resnet" in name:  # the stem is called first but sorts last: order matters here
     assert [n for n, _ in order] != list(task.layer_names)
+
+
+def test_generator_feeds_the_path_api_and_gradients_reach_it():
+  from l0jax import gating  # pylint: disable=g-import-not-at-top
+  params = {"enc": {"kernel": jnp.ones((4, 6))}, "dec": {"kernel": jnp.ones((6, 3))}}
+  specs = [gating.GateSpec(r"(enc|dec)/kernel", axis=-1)]
+  shapes = gating.init_gates(jax.random.key(0), params, specs)
+  gen = dependency.GateGenerator((("enc/kernel", shapes["enc/kernel"].shape),
+                                  ("dec/kernel", shapes["dec/kernel"].shape)),
+                                 order="backward", input_size=5, droprate_init=0.5)
+  gp = gen.init(jax.random.key(1))
+
+  def f(gp):
+    gated = gating.apply_gates(params, gen.apply(gp), specs, key=jax.random.key(2))
+    return jnp.sum(jnp.ones((1, 4)) @ gated["enc"]["kernel"] @ gated["dec"]["kernel"])
+
+  grads = jax.grad(f)(gp)
+  assert all(np.any(np.asarray(grads[m]["kernel"]) != 0) for m in grads)
+
+
+def test_trainer_rejects_dep_l0_with_unstructured_gates(fake_dataset):
+  with pytest.raises(train_lib.ConfigError, match="structured gates"):
+    train_lib.validate_config(_small_config(fake_dataset, unstructured=True), 1)
