@@ -274,6 +274,21 @@ def test_dep_l0_run_resumes_bit_identically(fake_dataset, tmp_path, monkeypatch)
   final = test_train.assert_resume_equals_uninterrupted_run(
       config, tmp_path, monkeypatch, killed_at=5)
   assert dependency.GENERATOR_KEY in final.params
+  # eval.py's path: evaluation, reports and purge of the checkpoint (generator dropped).
+  result = train_lib.evaluate_checkpoint(config, str(tmp_path / "straight"),
+                                         jax.devices()[:1])
+  host = dependency.model_params(final.params)
+  assert result["test_time_density"] == train_lib.gate_report(host, config)[
+      "test_time_density"]
+  assert 0 < result["purged_params"] <= result["n_params_dense"]
+  exported = train_lib.export_purged(config, str(tmp_path / "straight"),
+                                     str(tmp_path / "purged"))
+  purged_model, purged = purge.load(exported)
+  x = jnp.ones((2, 28, 28, 1))
+  model = train_lib.build_model(config)
+  np.testing.assert_allclose(
+      purged_model.apply({"params": purged}, x),
+      model.apply({"params": host}, x, deterministic=True), rtol=1e-4, atol=1e-5)
   summary = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text()
                        .splitlines()[-1])
   assert summary["eval"] and 0 < summary["expected_density"] <= 1
