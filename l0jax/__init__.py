@@ -23,6 +23,10 @@ Constrained optimisation (``l0jax.constrained``, optax-style)
     Problem, Proxy, init, dual_optimizer, nupi, make_update, dual_step, lagrangian,
     violations, primal_optimizer, param_labels, SCHEMES
 
+Dep-L0 gate generator (``l0jax.dependency``: ``from l0jax import dependency``)
+    GateGenerator, execution_order, with_generated_log_alphas, attach, synced,
+    generated_params, model_params
+
 Deployment (``l0jax.purge``)
     purge, counts, masks, macs_graph, save, load, register_architecture, check_ops
 

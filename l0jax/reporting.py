@@ -123,6 +123,8 @@ def progress_fields(record: Dict[str, Any], layer_names: Sequence[str]) -> Dict[
 
 def gate_report(params, config) -> Dict[str, Any]:
   """Densities, kept units and parameter counts of (host) params at test time."""
+  from l0jax import dependency  # pylint: disable=g-import-not-at-top
+  params = dependency.model_params(params)  # a Dep-L0 generator is not deployed
   leaves = jax.tree.leaves(params)
   log_alpha_count = sum(l.size for p, l in jax.tree_util.tree_flatten_with_path(params)[0]
                         if getattr(p[-1], "key", None) == "log_alpha")

@@ -48,7 +48,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from l0jax import constrained, data, density, distributed, errors, layers, ops
+from l0jax import constrained, data, density, dependency, distributed, errors, layers, ops
 from l0jax import reporting, workdir as workdir_lib
 from l0jax.errors import UserError
 from l0jax import models
@@ -65,7 +65,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DUAL_OPTIMIZERS = ("sgd", "nupi")
 PARALLEL = ("pmap", "shard_map")
 FORMULATIONS = ("lagrangian", "augmented_lagrangian")
-DENSITY_MODES = ("independent", "cascade", "macs")
+DENSITY_MODES = ("independent", "cascade", "macs", "dep_l0")
+GATE_SOURCES = ("independent", "dep_forward", "dep_backward")
 
 
 class ConfigError(UserError, ValueError):
@@ -209,6 +210,7 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
     if not 0 < config.lr_decay_factor <= 1:
       _fail("lr_decay_factor", config.lr_decay_factor, "must be in (0, 1]")
   _choice(config, "density_mode", DENSITY_MODES)
+  _validate_gate_source(config)
   _choice(config, "ops_method", ops.METHODS)
   for field in BOOL_FIELDS:
     if not isinstance(config[field], bool):
@@ -374,7 +376,10 @@ def constraint_fn(config, model=None) -> Callable:
   (``density.cascade_layer_densities``), i.e. the size purging deploys; ``"macs"`` is
   the expected multiply-accumulates over the dense ones (``density.macs_density`` on
   :func:`macs_graph`: a closed channel also removes its input channel from the layer
-  that reads it), model-wise or per gated layer.
+  that reads it), model-wise or per gated layer. ``"dep_l0"`` is the Dep-L0 paper's
+  cost: the cascade along the gated layers' call order (:func:`gate_order`), each
+  layer's inputs taken as the previous gated layer's outputs, so a conv counts
+  ``E[open inputs] * E[open outputs] * k^2`` (plus its channels' biases).
   """
   if not config.gated:
     return lambda params: jnp.zeros((0,), jnp.float32)
@@ -385,14 +390,58 @@ def constraint_fn(config, model=None) -> Callable:
     names = tuple(density.gated_layers(abstract_params(config)))
     return lambda params: jnp.stack([
         density.layer_macs(graph, params)[n] / graph[n].macs for n in names])
-  cascade = config.density_mode == "cascade"
+  cascade = config.density_mode in ("cascade", "dep_l0")
+  order = ([name for name, _ in gate_order(config)] if config.density_mode == "dep_l0"
+           else None)
   if config.constraint == "model":
-    model_density = (density.cascade_expected_density if cascade
-                     else density.expected_density)
+    model_density = (functools.partial(density.cascade_expected_density, order=order)
+                     if cascade else density.expected_density)
     return lambda params: model_density(params)[None]
-  layer_densities = (density.cascade_layer_densities if cascade
-                     else density.layer_expected_densities)
-  return lambda params: jnp.stack(list(layer_densities(params).values()))
+  layer_densities = (functools.partial(density.cascade_layer_densities, order=order)
+                     if cascade else density.layer_expected_densities)
+
+  def per_layer(params):  # in task.layer_names' order (density.gated_layers)
+    values = layer_densities(params)
+    return jnp.stack([values[name] for name in density.gated_layers(params)])
+  return per_layer
+
+
+def _validate_gate_source(config) -> None:
+  _choice(config, "gate_source", GATE_SOURCES)
+  if config.gate_source == "independent":
+    return
+  if not config.gated:
+    _fail("gate_source", config.gate_source, "needs gated=True")
+  if config.unstructured:  # maps of (gates of layer k) x (gates of layer k+1) weights
+    _fail("gate_source", config.gate_source, "needs structured gates "
+          "(unstructured=False): with one gate per weight the generator's maps would "
+          "hold (weights of layer k) x (weights of layer k+1) parameters")
+  _choice(config, "dep_bias_init", ("paper", "droprate"))
+  if not isinstance(config.dep_input_size, int) or config.dep_input_size < 1:
+    _fail("dep_input_size", config.dep_input_size, "must be an integer >= 1")
+  d = config.droprate_init
+  if config.dep_bias_init == "droprate" and (
+      not 0 < d < 1 or abs(math.log((1 - d) / d)) >= dependency.LOG_ALPHA_BOUND):
+    _fail("droprate_init", d, "dep_bias_init='droprate' needs it in (1/101, 100/101) "
+          "(generated log_alphas lie in (-log 100, log 100))")
+
+
+def gate_order(config, model=None) -> tuple:
+  """``((path, log_alpha shape), ...)`` of the model's gated layers in call order."""
+  model = build_model(config) if model is None else model
+  x = jax.ShapeDtypeStruct((1,) + input_shape(config), jnp.float32)
+  return dependency.execution_order(model, x, deterministic=True)
+
+
+def gate_generator(config, model=None) -> Optional[dependency.GateGenerator]:
+  """The Dep-L0 gate generator of ``config.gate_source`` ("dep_forward" /
+  "dep_backward"; None for "independent"), over the model's gated layers in call
+  order. The trainer keeps its parameters in ``params[dependency.GENERATOR_KEY]``."""
+  if config.gate_source == "independent":
+    return None
+  return dependency.GateGenerator(
+      gate_order(config, model), order=config.gate_source[len("dep_"):],
+      input_size=config.dep_input_size, droprate_init=config.droprate_init if config.dep_bias_init == "droprate" else None)
 
 
 class Task(NamedTuple):
@@ -403,6 +452,7 @@ class Task(NamedTuple):
   dual_tx: Any
   constraints: Callable
   layer_names: tuple
+  generator: Optional[dependency.GateGenerator] = None  # Dep-L0 (config.gate_source)
 
 
 def make_task(config, total_steps: Optional[int] = None) -> Task:
@@ -413,7 +463,8 @@ def make_task(config, total_steps: Optional[int] = None) -> Task:
   per_epoch = (num_train_examples(config) // config.batch_size
                if config.lr_schedule == "step" else None)
   return Task(model, problem, make_primal_optimizer(config, total_steps, per_epoch),
-              make_dual_optimizer(config, problem), constraint_fn(config, model), names)
+              make_dual_optimizer(config, problem), constraint_fn(config, model), names,
+              gate_generator(config, model))
 
 
 def init_state(config, task: Task) -> TrainState:
@@ -424,6 +475,9 @@ def init_state(config, task: Task) -> TrainState:
   variables = jax.jit(lambda x: task.model.init(
       {"params": init_key, "gates": gate_key}, x, deterministic=True))(x)
   params = variables["params"]
+  if task.generator is not None:  # Dep-L0: params also hold the generator
+    params = dependency.attach(params, task.generator,
+                               task.generator.init(jax.random.fold_in(key, 1)))
   init_multipliers = None
   if task.problem.formulation == "penalized":
     init_multipliers = jnp.full((task.problem.num_constraints,), config.penalty)
@@ -481,6 +535,7 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
   example_offset = jax.lax.axis_index(AXIS) * per_device
 
   def fn(params):
+    params = dependency.generated_params(params, task.generator)
     logits, batch_stats = _forward_train(task.model, params, state.batch_stats,
                                          batch["image"], step_key, config, example_offset)
     loss = cross_entropy(logits, batch["label"], label_smoothing=config.label_smoothing)
@@ -493,6 +548,7 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
       grad_reduce=lambda tree: jax.lax.pmean(tree, AXIS))
   params, opt_state, cstate, m = update(fn, state.params, state.opt_state,
                                         state.constrained)
+  params = dependency.synced(params, task.generator)  # log_alpha leaves = generated
   metrics = {
       "loss": m["objective"],
       "accuracy": jax.lax.pmean(m["aux"]["accuracy"], AXIS),
@@ -515,7 +571,8 @@ def train_step_body(state: TrainState, batch, *, config, task: Task):
 
 def eval_variables(state: TrainState) -> Dict[str, Any]:
   """What the eval step needs of a state: parameters and BatchNorm statistics."""
-  return {"params": state.params, "batch_stats": state.batch_stats}
+  return {"params": dependency.model_params(state.params),
+          "batch_stats": state.batch_stats}
 
 
 def eval_step_body(variables, batch, *, config, task: Task):

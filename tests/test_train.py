@@ -116,18 +116,22 @@ class Killed(Exception):
 
 
 def test_resume_equals_uninterrupted_run(fake_dataset, tmp_path, monkeypatch):
-  devices = jax.devices()[:2]
   config = small_config(fake_dataset, num_train_steps=8, checkpoint_every_steps=4,
                         log_every_steps=1)
-  train_lib.train_and_evaluate(config, str(tmp_path / "straight"), devices)
+  assert_resume_equals_uninterrupted_run(config, tmp_path, monkeypatch, killed_at=7)
 
-  # The same run "killed" while fetching the batch of step 7: its last checkpoint is
-  # step 4 and it logged steps 5 and 6, which the resumed run must redo, not repeat.
+
+def assert_resume_equals_uninterrupted_run(config, tmp_path, monkeypatch, killed_at):
+  """Runs ``config`` straight, and "killed" while fetching the batch of step
+  ``killed_at`` then resumed: the final checkpoints are bit-identical and the metrics
+  the same (the resumed run redoes the steps after its last checkpoint, not repeats)."""
+  devices = jax.devices()[:2]
+  train_lib.train_and_evaluate(config, str(tmp_path / "straight"), devices)
   real_iterator = data.train_iterator
 
   def dying_iterator(*args, **kwargs):
     it = real_iterator(*args, **kwargs)
-    for _ in range(6):
+    for _ in range(killed_at - 1):
       yield next(it)
     raise Killed()
 
@@ -135,16 +139,18 @@ def test_resume_equals_uninterrupted_run(fake_dataset, tmp_path, monkeypatch):
   with pytest.raises(Killed):
     train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
   monkeypatch.setattr(data, "train_iterator", real_iterator)
-  assert max(r["step"] for r in reporting.read_metrics(str(tmp_path / "resumed"))) == 6
+  assert max(r["step"] for r in reporting.read_metrics(str(tmp_path / "resumed"))) == (
+      killed_at - 1)
   train_lib.train_and_evaluate(config, str(tmp_path / "resumed"), devices)
   a = _final_checkpoint(config, str(tmp_path / "straight"), devices)
   b = _final_checkpoint(config, str(tmp_path / "resumed"), devices)
-  assert int(a.step) == int(b.step) == 8
+  assert int(a.step) == int(b.step) == config.num_train_steps
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)  # bit-identical on CPU
   strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rs]
   assert strip(reporting.read_metrics(str(tmp_path / "straight"))) == strip(
       reporting.read_metrics(str(tmp_path / "resumed")))
+  return a
 
 
 def test_checkpoint_of_other_model_fails_clearly(fake_dataset, tmp_path):
