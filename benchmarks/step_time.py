@@ -183,18 +183,29 @@ def matmul_flops(jaxpr) -> float:
 
 def training_flops(model_name: str, batch_size: int) -> float:
   """Matmul FLOPs of one dense training step (forward and backward, params only)."""
-  config = step_config(model_name, gated=False, ops_method="xla")
-  model = train_lib.build_model(config).clone(axis_name=None) if model_name in CNNS \
-      else train_lib.build_model(config)
+  return config_training_flops(step_config(model_name, gated=False, ops_method="xla"),
+                               batch_size)
+
+
+def config_training_flops(config, batch_size: int) -> float:
+  """Matmul FLOPs of one training step of ``config``'s model made dense (forward and
+  backward with respect to the parameters; BatchNorm in training mode)."""
+  config = config.copy_and_resolve_references()
+  config.gated = False
+  model = train_lib.build_model(config)
+  if hasattr(model, "axis_name"):  # no data-parallel axis outside pmap
+    model = model.clone(axis_name=None)
   batch = random_batch(batch_size, config=config)
   variables = jax.eval_shape(lambda x: model.init(
       {"params": jax.random.key(0)}, x, deterministic=True), batch["image"][0])
+  others = {k: v for k, v in variables.items() if k != "params"}
 
-  def loss(params):
-    logits, _ = model.apply({**variables, "params": params}, batch["image"][0],
+  def loss(params, others):
+    logits, _ = model.apply({**others, "params": params}, batch["image"][0],
                             mutable=["batch_stats"])
     return train_lib.cross_entropy(logits, batch["label"][0])
-  return matmul_flops(jax.make_jaxpr(jax.grad(loss))(variables["params"]).jaxpr)
+  grad = jax.grad(loss)
+  return matmul_flops(jax.make_jaxpr(grad)(variables["params"], others).jaxpr)
 
 
 def matmul_gflops(repeats: int) -> float:

@@ -122,8 +122,19 @@ def test_every_checkpoint_broken_starts_over_and_ends_bit_identical(
   config = _config(fake_dataset)
   path = tmp_path / "run"
   shutil.copytree(straight, path)
-  for step in (3, 6):
-    fi.flip_bit(fi.largest_file(str(path / "checkpoints" / str(step))), random.Random(step))
+  checkpoints, template = workdir.Checkpoints(str(path)), _template(config)
+  for step in (3, 6):  # a flip that lands in array bytes (some hit unused bytes)
+    target = fi.largest_file(str(path / "checkpoints" / str(step)))
+    original = open(target, "rb").read()
+    for seed in range(50):
+      fi.flip_bit(target, random.Random(seed))
+      try:
+        checkpoints.load(step, template)
+      except workdir._Rejected:  # pylint: disable=protected-access
+        break
+      open(target, "wb").write(original)
+    else:
+      pytest.fail(f"no bit flip of 50 broke step {step}")
   train_lib.train_and_evaluate(config, str(path), jax.devices()[:DEVICES])
   assert capsys.readouterr().err.count("skipped") == 2
   _assert_same_run(config, path, straight)

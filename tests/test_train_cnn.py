@@ -82,6 +82,11 @@ def test_resume_with_batch_statistics_is_bit_identical(image_datasets, tmp_path,
   assert jax.tree.leaves(a.batch_stats)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+  # The trained run's purged model gives the gated model's test-time logits.
+  from experiments import check_purged  # pylint: disable=g-import-not-at-top
+  checked = check_purged.compare(str(tmp_path / "straight"), examples=16)
+  assert checked["examples"] == 16 and checked["same_prediction"] == 1.0
+  assert checked["max_abs_diff"] <= 1e-5 * max(1.0, checked["max_abs_logit"])
 
 
 def test_bfloat16_run_keeps_gates_statistics_and_duals_float32(image_datasets):
