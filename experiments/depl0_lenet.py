@@ -1,0 +1,21 @@
+"""Issue 16, Dep-L0 against independent gates: LeNet-5 on Fashion-MNIST at model-wise 10%.
+
+    nice -n 10 python experiments/sweep.py --spec=experiments/depl0_lenet.py \\
+        --root=/tmp/l0jax_sweeps/depl0 --out=/tmp/l0jax_sweeps/depl0/out
+
+Every arm trains with the same budget (10 epochs) and constraint; the independent arm
+is configs/fashion_mnist_lenet.py itself, the Dep-L0 arms configs/fashion_mnist_lenet_depl0.py
+(forward and backward order). SEEDS holds the seeds run so far; the issue asks for 3.
+"""
+
+SEEDS = [0]
+
+
+def get_sweep():
+  return [
+      {"name": "independent", "config": "configs/fashion_mnist_lenet.py", "seeds": SEEDS},
+      {"name": "dep_forward", "config": "configs/fashion_mnist_lenet_depl0.py",
+       "seeds": SEEDS},
+      {"name": "dep_backward", "config": "configs/fashion_mnist_lenet_depl0.py",
+       "overrides": {"gate_source": "dep_backward"}, "seeds": SEEDS},
+  ]
