@@ -99,6 +99,9 @@ def test_ctrl_c_saves_its_step_and_the_rerun_ends_bit_identical(fake_dataset, st
                                                                tmp_path, monkeypatch):
   config = _config(fake_dataset)
   real_iterator = data.train_iterator
+  # As in a terminal: a shell's background jobs (and so a CI started with `&`) inherit
+  # SIGINT ignored, which the trainer leaves alone.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def interrupted_iterator(*args, **kwargs):
     for i, batch in enumerate(real_iterator(*args, **kwargs)):
@@ -112,6 +115,7 @@ def test_ctrl_c_saves_its_step_and_the_rerun_ends_bit_identical(fake_dataset, st
   assert info.value.exit_code == 130
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
   monkeypatch.undo()
+  signal.signal(signal.SIGINT, previous)
   assert workdir.Checkpoints(str(tmp_path)).verified_steps() == [3, 5]
   train_lib.train_and_evaluate(config, str(tmp_path), jax.devices()[:DEVICES])
   _assert_same_run(config, tmp_path, straight)
