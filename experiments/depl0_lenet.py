@@ -21,4 +21,15 @@ def get_sweep():
       # A faster generator (the paper's 1e-3 does not reach 10% in 10 epochs).
       {"name": "dep_forward_lr", "config": "configs/fashion_mnist_lenet_depl0.py",
        "grid": {"gate_learning_rate": [0.005, 0.01]}, "seeds": SEEDS},
+      # A faster dual instead (the multiplier has to outweigh the loss's pull).
+      {"name": "dep_forward_dual", "config": "configs/fashion_mnist_lenet_depl0.py",
+       "grid": {"dual_learning_rate": [0.1, 0.3]}, "seeds": SEEDS},
+      # The comparison: every arm with the dual lr that lets Dep-L0 meet the target.
+      *[{"name": f"{name}_dual0.3", "config": config,
+         "overrides": {"dual_learning_rate": 0.3, **extra}, "seeds": [0, 1, 2]}
+        for name, config, extra in (
+            ("independent", "configs/fashion_mnist_lenet.py", {}),
+            ("dep_forward", "configs/fashion_mnist_lenet_depl0.py", {}),
+            ("dep_backward", "configs/fashion_mnist_lenet_depl0.py",
+             {"gate_source": "dep_backward"}))],
   ]
