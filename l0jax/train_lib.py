@@ -387,9 +387,11 @@ def constraint_fn(config, model=None) -> Callable:
     graph = macs_graph(config, model)
     if config.constraint == "model":
       return lambda params: density.macs_density(graph, params)[None]
-    names = tuple(density.gated_layers(abstract_params(config)))
-    return lambda params: jnp.stack([
-        density.layer_macs(graph, params)[n] / graph[n].macs for n in names])
+
+    def per_layer_macs(params):  # in task.layer_names' order (density.gated_layers)
+      macs = density.layer_macs(graph, params)  # once for every layer
+      return jnp.stack([macs[n] / graph[n].macs for n in density.gated_layers(params)])
+    return per_layer_macs
   cascade = config.density_mode in ("cascade", "dep_l0")
   order = ([name for name, _ in gate_order(config)] if config.density_mode == "dep_l0"
            else None)

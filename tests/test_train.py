@@ -41,9 +41,9 @@ def run_steps(config, devices, num_steps=2):
   task = train_lib.make_task(config, 100)
   state = train_lib.replicate(train_lib.init_state(config, task), mesh)
   step = train_lib.make_train_step(config, task, mesh)
-  source = train_lib.load_source(config, "train")
   batches = data.train_iterator(
-      source, global_batch_size=config.batch_size, seed=config.seed,
+      train_lib.load_source(config, "train"), global_batch_size=config.batch_size,
+      seed=config.seed, prep=train_lib.preprocessing(config),
       local_device_count=len(devices))
   for _ in range(num_steps):
     state, metrics = step(state, train_lib.shard_batch(next(batches), mesh))

@@ -9,6 +9,7 @@ import pytest
 
 from configs import fashion_mnist_resnet20
 from l0jax import data, eval_lib, train_lib
+from test_train import run_steps
 
 
 class Killed(Exception):
@@ -32,16 +33,8 @@ def cnn_config(image_datasets, **overrides):
 
 
 def _steps(config, devices, num_steps=2):
-  mesh = train_lib.make_mesh(devices)
-  task = train_lib.make_task(config, 100)
-  state = train_lib.replicate(train_lib.init_state(config, task), mesh)
-  step = train_lib.make_train_step(config, task, mesh)
-  batches = data.train_iterator(
-      train_lib.load_source(config, "train"), global_batch_size=config.batch_size,
-      seed=config.seed, prep=train_lib.preprocessing(config),
-      local_device_count=len(devices))
-  for _ in range(num_steps):
-    state, metrics = step(state, train_lib.shard_batch(next(batches), mesh))
+  """``test_train.run_steps``, unreplicated."""
+  state, metrics = run_steps(config, devices, num_steps)
   return train_lib.unreplicate(state), train_lib.unreplicate(metrics)
 
 
