@@ -148,15 +148,15 @@ def write_results(records: Sequence[Dict[str, Any]], out: str) -> List[str]:
   json_path, csv_path = os.path.join(out, "results.json"), os.path.join(out, "results.csv")
   with open(json_path, "w") as f:
     json.dump(list(records), f, indent=1)
-  _write_csv(csv_path, records, lambda k, v: _cell(v), first=CSV_FIRST)
+  write_csv(csv_path, records, lambda k, v: csv_cell(v), first=CSV_FIRST)
   return [json_path, csv_path]
 
 
-def _cell(value):
+def csv_cell(value):
   return runs.format_value(value) if isinstance(value, (list, tuple)) else value
 
 
-def _write_csv(path: str, rows, cell, first=()) -> None:
+def write_csv(path: str, rows, cell, first=()) -> None:
   """One CSV row per dict; columns ``first``, then every other key in order seen."""
   columns = list(first)
   for row in rows:
@@ -193,7 +193,7 @@ def summarize(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   for r in records:
     if r.get("status") != "done":
       continue
-    setting = tuple((k, _cell(v)) for k, v in r.items() if k not in _NOT_SETTINGS)
+    setting = tuple((k, csv_cell(v)) for k, v in r.items() if k not in _NOT_SETTINGS)
     groups.setdefault((r["group"], setting), []).append(r)
   rows = []
   for (group, setting), rs in groups.items():
@@ -243,8 +243,8 @@ def summary_markdown(rows: Sequence[Dict[str, Any]]) -> str:
 def write_summary(records, out: str) -> List[str]:
   rows = summarize(records)
   csv_path, md_path = os.path.join(out, "summary.csv"), os.path.join(out, "summary.md")
-  _write_csv(csv_path, rows, lambda k, v: (
-      "" if v is None else f"{v[0]:.6g} ± {v[1]:.2g}" if k in SUMMARY_STATS else _cell(v)))
+  write_csv(csv_path, rows, lambda k, v: (
+      "" if v is None else f"{v[0]:.6g} ± {v[1]:.2g}" if k in SUMMARY_STATS else csv_cell(v)))
   with open(md_path, "w") as f:
     f.write(summary_markdown(rows))
   return [csv_path, md_path]

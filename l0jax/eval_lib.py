@@ -101,4 +101,7 @@ def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
           **reporting.constraint_report(task, state.params, config),
           "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],
           "targets": list(task.problem.targets) if config.method == "constrained" else [],
-          "layer_names": list(task.layer_names)}
+          "layer_names": list(task.layer_names),
+          **reporting.gradient_flow_report(
+              reporting.read_metrics(workdir),
+              max(1, num_train_examples(config) // config.batch_size))}

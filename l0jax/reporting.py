@@ -146,6 +146,29 @@ def gate_report(params, config) -> Dict[str, Any]:
   }
 
 
+def gradient_flow_report(records: Sequence[Dict[str, Any]],
+                         steps_per_epoch: int) -> Dict[str, Any]:
+  """``{"gradient_flow": {"epoch_1": row, "final": row}}`` from ``metrics.jsonl`` records
+  of a run trained with ``config.log_egf``; ``{}`` when none logged the flow.
+
+  ``epoch_1`` is the first logged row at or after the end of epoch 1 (the last one if
+  training was shorter), ``final`` the last; a row holds ``step``, ``epoch`` and the
+  four flow metrics (:mod:`l0jax.science.egf`).
+  """
+  from l0jax.science import egf  # pylint: disable=g-import-not-at-top
+  rows = [r for r in records if not r.get("eval") and "egf_l2" in r]
+  if not rows:
+    return {}
+
+  def row(r):
+    return {"step": int(r["step"]), "epoch": r["step"] / steps_per_epoch,
+            **{k: float(r[k]) for k in egf.FLOW_METRICS if k in r}}
+
+  after_one = [r for r in rows if r["step"] >= steps_per_epoch]
+  return {"gradient_flow": {"epoch_1": row(after_one[0] if after_one else rows[-1]),
+                            "final": row(rows[-1])}}
+
+
 def constraint_report(task, params, config) -> Dict[str, Any]:
   """``{"constraints": rows}`` of a ``train_lib.Task``: each constraint's value on (host)
   ``params``, its target and whether it is met (:func:`constraint_rows`); ``{}`` for

@@ -76,3 +76,22 @@ def test_log_egf_reaches_metrics_jsonl(fake_dataset, tmp_path):
   records = [r for r in reporting.read_metrics(str(tmp_path)) if not r.get("eval")]
   assert [r["step"] for r in records] == [2, 4]
   assert all(r["egf_l2"] > 0 and r["grad_norm_l1"] > 0 for r in records)
+  # eval.json carries the flow at the end of epoch 1 and at the end (eval_lib).
+  from l0jax import eval_lib  # pylint: disable=g-import-not-at-top
+  flow = eval_lib.evaluate_checkpoint(config, str(tmp_path), jax.devices()[:1])[
+      "gradient_flow"]
+  assert flow["final"]["step"] == 4
+  assert flow["final"]["egf_l2"] == pytest.approx(records[-1]["egf_l2"])
+
+
+def test_gradient_flow_report_picks_epoch_1_and_the_last_logged_row():
+  rows = [{"step": s, "egf_l1": float(s), "egf_l2": 10.0 * s, "grad_norm_l1": 1.0,
+           "grad_norm_l2": 2.0} for s in (5, 10, 15, 20)]
+  records = rows[:2] + [{"eval": True, "step": 10, "test_error": 0.5}] + rows[2:]
+  flow = reporting.gradient_flow_report(records, steps_per_epoch=12)["gradient_flow"]
+  assert flow["epoch_1"] == {"step": 15, "epoch": 15 / 12, "egf_l1": 15.0,
+                             "egf_l2": 150.0, "grad_norm_l1": 1.0, "grad_norm_l2": 2.0}
+  assert flow["final"]["step"] == 20 and flow["final"]["egf_l2"] == 200.0
+  # Shorter than one epoch: epoch 1 is the last row; nothing logged: no report.
+  assert reporting.gradient_flow_report(rows, 100)["gradient_flow"]["epoch_1"]["step"] == 20
+  assert reporting.gradient_flow_report([{"step": 1, "loss": 1.0}], 10) == {}
