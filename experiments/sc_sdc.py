@@ -202,6 +202,23 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
   return rows
 
 
+def flow_correlations(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+  """Spearman rank correlation of every flow metric (at epoch 1 and at the end) with
+  the final test error over the finished runs: the paper's claim is that EGF tracks
+  the performance of sparse networks better than the plain gradient norms do."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rows = []
+  for when in ("epoch_1", "final"):
+    for metric in FLOW:
+      key = f"{metric}_{when}"
+      pairs = [(r[key], r["test_error"]) for r in records if r.get("status") == "done"
+               and runs.is_number(r.get(key)) and runs.is_number(r.get("test_error"))]
+      rho = (float(stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs])[0])
+             if len(pairs) >= 3 else None)
+      rows.append({"metric": metric, "when": when, "spearman_rho": rho, "n": len(pairs)})
+  return rows
+
+
 def _fmt(stat, scale=1.0, digits=2) -> str:
   if stat is None:
     return "-"
@@ -229,6 +246,15 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         str(row["search_trainer_steps"] or "-"), str(profile)]) + " |")
   return ("EGF L2 in units of 1e-6 (per active weight, averaged over layers).\n\n" +
           "\n".join(lines) + "\n")
+
+
+def correlations_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+  lines = ["| flow metric | at | Spearman rho with test error | runs |", "|---|---|---|---|"]
+  for row in rows:
+    rho = "-" if row["spearman_rho"] is None else f"{row['spearman_rho']:+.2f}"
+    lines.append(f"| {row['metric']} | {row['when'].replace('_', ' ')} | {rho} | "
+                 f"{row['n']} |")
+  return "\n".join(lines) + "\n"
 
 
 def plot(records: Sequence[Mapping[str, Any]], path: str) -> str:
@@ -284,7 +310,8 @@ def write_all(records: Sequence[Dict[str, Any]], out: str) -> List[str]:
   rows = summarize(records)
   md = os.path.join(out, "summary.md")
   with open(md, "w") as f:
-    f.write(summary_markdown(rows))
+    f.write(summary_markdown(rows) + "\n" + correlations_markdown(
+        flow_correlations(records)))
   csv_path = os.path.join(out, "summary.csv")
   sweep.write_csv(csv_path, rows, lambda k, v: (
       "" if v is None else f"{v[0]:.6g} ± {v[1]:.2g}" if k in STATS else sweep.csv_cell(v)))

@@ -69,3 +69,24 @@ def test_bad_arms_fail_in_one_line(tmp_path):
   with pytest.raises(runs.SweepError, match="needs the learned arm"):
     sc_sdc.run_study("configs/fashion_mnist_mlp.py", [0.1], [0], ["twin"], str(tmp_path),
                      str(tmp_path))
+
+
+def test_flow_correlations_rank_each_metric_against_test_error():
+  records = [{"status": "done", "test_error": e, "egf_l2_final": 10.0 - e,
+              "grad_norm_l2_final": e * e, "egf_l1_final": 1.0 if i % 2 else 2.0}
+             for i, e in enumerate((0.1, 0.3, 0.2, 0.5))]
+  records.append({"status": "failed", "test_error": None, "egf_l2_final": 0.0})
+  rows = {(r["metric"], r["when"]): r for r in sc_sdc.flow_correlations(records)}
+  assert rows["egf_l2", "final"]["spearman_rho"] == pytest.approx(-1.0)
+  assert rows["grad_norm_l2", "final"]["spearman_rho"] == pytest.approx(1.0)
+  assert rows["egf_l2", "final"]["n"] == 4           # the failed run is left out
+  assert rows["egf_l2", "epoch_1"]["spearman_rho"] is None  # nothing logged
+  # egf_l1: errors (0.1, 0.3, 0.2, 0.5) against (2, 1, 2, 1): average ranks of ties.
+  err_rank, flow_rank = [1, 3, 2, 4], [3.5, 1.5, 3.5, 1.5]
+  d = [a - sum(err_rank) / 4 for a in err_rank]
+  f = [b - sum(flow_rank) / 4 for b in flow_rank]
+  want = sum(x * y for x, y in zip(d, f)) / (sum(x * x for x in d) * sum(
+      y * y for y in f)) ** 0.5
+  assert rows["egf_l1", "final"]["spearman_rho"] == pytest.approx(want)
+  assert "| egf_l2 | final | -1.00 | 4 |" in sc_sdc.correlations_markdown(
+      sc_sdc.flow_correlations(records))
