@@ -14,6 +14,11 @@ and at the end (``gradient_flow``):
 * ``twin``: the SC-SDC dense twin of that seed's ``learned`` run: the same MLP ungated,
   hidden widths solved so every layer has as many weights as the sparse layer has
   active ones (``l0jax.science.sc_sdc``; the rounding is in the record).
+* ``twin_balanced``: the same with ``solve="balanced"``: the chain twin matches every
+  layer but the last, which takes the whole mismatch of the fixed output width (a
+  learned profile that keeps few input pixels gets a twin with a tiny first hidden
+  layer, a huge second one and several times the sparse net's weights); the balanced
+  twin spreads the relative error evenly over the layers.
 * ``searched``: the profile ``experiments/density_search.py`` picks for budget D
   (successive halving over short proxy runs, scored on a held-out part of the train
   split; one search per D, resumable, in ``ROOT/search_density=D``), trained as
@@ -43,7 +48,8 @@ from experiments import runs, sweep  # pylint: disable=g-import-not-at-top
 from l0jax import reporting  # pylint: disable=g-import-not-at-top
 from l0jax.science import sc_sdc  # pylint: disable=g-import-not-at-top
 
-ARMS = ("learned", "twin", "searched", "uniform")
+ARMS = ("learned", "twin", "twin_balanced", "searched", "uniform")
+TWIN_SOLVES = {"twin": "chain", "twin_balanced": "balanced"}
 FLOW = ("egf_l1", "egf_l2", "grad_norm_l1", "grad_norm_l2")
 
 
@@ -90,11 +96,15 @@ def arm_overrides(arm: str, density: float, num_layers: int, learned_dir: str = 
   if arm == "searched":
     return {"constraint": "layerwise",
             "layer_targets": tuple(float(d) for d in best["best_profile"])}
-  if arm == "twin":
-    twin, _ = sc_sdc.dense_twin_from_eval_json(_eval_json(learned_dir),
-                                               _num_classes(learned_dir))
+  if arm in TWIN_SOLVES:
+    twin = _twin(learned_dir, arm)
     return {k: runs.parse_value(v) for k, v in sc_sdc.twin_config_overrides(twin).items()}
   raise runs.SweepError(f"unknown arm {arm!r}; use some of {', '.join(ARMS)}")
+
+
+def _twin(learned_dir: str, arm: str) -> sc_sdc.DenseTwin:
+  return sc_sdc.dense_twin_from_eval_json(_eval_json(learned_dir), _num_classes(learned_dir),
+                                          TWIN_SOLVES[arm])[0]
 
 
 def _num_classes(workdir: str) -> int:
@@ -135,8 +145,8 @@ def run_study(config: str, densities: Sequence[float], seeds: Sequence[int],
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
     raise runs.SweepError(f"unknown arm(s) {unknown}; use some of {', '.join(ARMS)}")
-  if "twin" in arms and "learned" not in arms:
-    raise runs.SweepError("the twin arm needs the learned arm (it copies its profile)")
+  if set(arms) & set(TWIN_SOLVES) and "learned" not in arms:
+    raise runs.SweepError("a twin arm needs the learned arm (it copies its profile)")
   sets = dict(sets)
   num_layers = num_gated_layers(config, sets)
   records: List[Dict[str, Any]] = []
@@ -148,7 +158,7 @@ def run_study(config: str, densities: Sequence[float], seeds: Sequence[int],
     for arm in [a for a in ARMS if a in arms]:
       for seed in seeds:
         learned_dir = os.path.join(root, "learned", runs.run_name({"density": density}, seed))
-        if (arm == "twin" and not runs.is_finished(learned_dir)) or (
+        if (arm in TWIN_SOLVES and not runs.is_finished(learned_dir)) or (
             arm == "searched" and not best):
           continue
         extra = arm_overrides(arm, density, num_layers, learned_dir, best)
@@ -159,10 +169,10 @@ def run_study(config: str, densities: Sequence[float], seeds: Sequence[int],
         record = run_arm(arm, config, density, seed, sets, root, extra)
         if arm == "searched":
           record["search_trainer_steps"] = best["search_trainer_steps"]
-        if arm == "twin":
-          twin, _ = sc_sdc.dense_twin_from_eval_json(_eval_json(learned_dir),
-                                                     _num_classes(learned_dir))
-          record["twin_max_weight_error"] = max(abs(e) for e in twin.relative_error)
+        if arm in TWIN_SOLVES:
+          twin = _twin(learned_dir, arm)
+          record["twin_weight_errors"] = list(twin.relative_error)
+          record["twin_max_weight_error"] = twin.max_abs_relative_error
         records.append(record)
         write_all(records, out)
   return records
@@ -265,7 +275,8 @@ def plot(records: Sequence[Mapping[str, Any]], path: str) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   done = [r for r in records if r.get("status") == "done"]
   fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-  styles = {"learned": "o-", "twin": "s--", "searched": "^-", "uniform": "v:"}
+  styles = {"learned": "o-", "twin": "s--", "twin_balanced": "D--", "searched": "^-",
+            "uniform": "v:"}
   for arm in ARMS:
     rs = [r for r in done if r["arm"] == arm]
     if not rs:

@@ -27,6 +27,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an evaluated gated M
 _CONFIG = flags.DEFINE_string("config", "configs/fashion_mnist_mlp.py",
                               "Config file of that run (for the printed command).")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Output width of the MLP.")
+_SOLVE = flags.DEFINE_enum("solve", "chain", ["chain", "balanced"],
+                           "chain: every layer but the last matches; balanced: the "
+                           "relative error spread evenly (l0jax.science.sc_sdc.dense_twin).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -35,7 +38,7 @@ def main(argv):
   workdir = _WORKDIR.value
   with open(os.path.join(workdir, "eval.json")) as f:
     result = json.load(f)
-  twin, names = sc_sdc.dense_twin_from_eval_json(result, _NUM_CLASSES.value)
+  twin, names = sc_sdc.dense_twin_from_eval_json(result, _NUM_CLASSES.value, _SOLVE.value)
   print(f"dense twin widths {twin.widths}")
   print(f"{'layer':<8} {'sparse':>10} {'twin':>10} {'error':>8}")
   for name, t, w, e in zip(names, twin.target_weights, twin.twin_weights,

@@ -40,6 +40,11 @@ def test_every_arm_trains_records_egf_and_resumes(fake_dataset, tmp_path, monkey
   assert tuple(resolved["twin"]["mlp_features"]) == tuple(twin.hidden)
   assert by_arm["twin"]["twin_max_weight_error"] == pytest.approx(
       max(abs(e) for e in twin.relative_error))
+  balanced, _ = sc_sdc_lib.dense_twin_from_eval_json(learned, 10, solve="balanced")
+  assert resolved["twin_balanced"]["gated"] is False
+  assert tuple(resolved["twin_balanced"]["mlp_features"]) == tuple(balanced.hidden)
+  assert by_arm["twin_balanced"]["twin_weight_errors"] == pytest.approx(
+      list(balanced.relative_error))
   # EGF at epoch 1 (400 examples / 20 = 20 steps: the row at step 20) and at the end.
   for r in records:
     flow = json.load(open(os.path.join(r["workdir"], "eval.json")))["gradient_flow"]
@@ -56,7 +61,7 @@ def test_every_arm_trains_records_egf_and_resumes(fake_dataset, tmp_path, monkey
   # Resume and collect: nothing trains again, the same records come back.
   times = lambda r: json.load(open(os.path.join(r["workdir"], runs.TIMES_FILE)))
   again = study()
-  assert [times(r)["attempts"] for r in again] == [1] * 4
+  assert [times(r)["attempts"] for r in again] == [1] * len(sc_sdc.ARMS)
   assert [r["test_error"] for r in again] == [r["test_error"] for r in records]
   collected = study(train=False)
   assert [r["workdir"] for r in collected] == [r["workdir"] for r in records]

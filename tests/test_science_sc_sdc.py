@@ -128,3 +128,53 @@ def test_twin_script_writes_its_json(tmp_path):
   assert written["twin_weights"] == [24304, 1798, 580]
   assert "'--config.mlp_features=(31, 58)'" in written["train_twin"]
   assert "'--config.gated=False'" in out
+
+
+def _log_error_reference(targets, widths):
+  w = np.asarray(widths, np.float64)
+  return float(np.sum(np.log(w[:-1] * w[1:] / np.asarray(targets, np.float64)) ** 2))
+
+
+def test_balanced_twin_of_the_ten_percent_profile_by_brute_force():
+  # The chain twin puts the whole 9x mismatch on the last layer; the balanced one
+  # spreads it. Brute force over every (h1, h2) in a box around the optimum.
+  targets = (23520, 3000, 100)
+  chain = sc_sdc.dense_twin(targets, 784, 10)
+  balanced = sc_sdc.dense_twin(targets, 784, 10, solve="balanced")
+  h1, h2 = np.meshgrid(np.arange(1, 121), np.arange(1, 121), indexing="ij")
+  err = (np.log(784 * h1 / 23520) ** 2 + np.log(h1 * h2 / 3000) ** 2
+         + np.log(h2 * 10 / 100) ** 2)
+  i, j = np.unravel_index(np.argmin(err), err.shape)
+  assert balanced.widths == (784, int(h1[i, j]), int(h2[i, j]), 10)
+  assert _log_error_reference(targets, balanced.widths) < _log_error_reference(
+      targets, chain.widths)
+  assert balanced.max_abs_relative_error < chain.max_abs_relative_error
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=3),
+       st.integers(1, 800), st.integers(1, 20))
+def test_balanced_twin_is_exact_when_it_can_be_and_never_worse_than_the_chain(
+    hidden, n_in, n_out):
+  widths = (n_in, *hidden, n_out)
+  exact = tuple(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
+  assert sc_sdc.dense_twin(exact, n_in, n_out, solve="balanced").widths == widths
+  # Any targets: no worse than the chain's widths, and no single width change helps.
+  targets = tuple(max(1, t // 3 + 7 * i) for i, t in enumerate(exact))
+  twin = sc_sdc.dense_twin(targets, n_in, n_out, solve="balanced")
+  chain = sc_sdc.dense_twin(targets, n_in, n_out)
+  best = _log_error_reference(targets, twin.widths)
+  assert best <= _log_error_reference(targets, chain.widths) + 1e-12
+  for k in range(1, len(widths) - 1):
+    for step in (-1, 1):
+      trial = list(twin.widths)
+      trial[k] += step
+      if trial[k] >= 1:
+        assert _log_error_reference(targets, trial) >= best - 1e-12
+
+
+def test_balanced_twin_refuses_a_dead_layer_and_unknown_solves():
+  with pytest.raises(sc_sdc.SCSDCError, match="active weight"):
+    sc_sdc.dense_twin((100, 0, 10), 784, 10, solve="balanced")
+  with pytest.raises(sc_sdc.SCSDCError, match="solve="):
+    sc_sdc.dense_twin((100, 10), 784, 10, solve="exact")

@@ -77,28 +77,87 @@ def _check_count(name: str, value, minimum: int = 0) -> int:
   return int(value)
 
 
-def dense_twin(active_weights: Sequence[int], in_features: int,
-               out_features: int) -> DenseTwin:
-  """The dense widths with ``active_weights[l]`` weights in layer ``l`` (chain above).
+SOLVES = ("chain", "balanced")
+
+
+def dense_twin(active_weights: Sequence[int], in_features: int, out_features: int,
+               solve: str = "chain") -> DenseTwin:
+  """The dense widths with (about) ``active_weights[l]`` weights in layer ``l``.
+
+  ``solve="chain"`` solves the widths in order (module doc): every layer but the last
+  matches up to rounding and the last takes the whole mismatch of the fixed output
+  width. ``solve="balanced"`` spreads it: the integer hidden widths minimising
+  ``sum_l log(twin_l / A_l)^2`` (every layer's relative error weighs the same), found
+  from the least-squares solution in log space, the best of its floor/ceil roundings
+  and the chain's widths, then improved one unit at a time until no single width
+  change lowers the sum. A sparse MLP whose first layer keeps few of its inputs has a
+  chain twin with a tiny first hidden layer and a huge second one (its last layer then
+  has many times the sparse one's weights); the balanced twin trades that for smaller
+  errors in every layer.
 
   Args:
     active_weights: ``A_1 .. A_L`` (``L >= 1``), e.g. from
       :func:`active_weights_from_densities` or :func:`active_weights_from_kept_inputs`.
     in_features: the fixed input width (784 for Fashion-MNIST).
     out_features: the fixed output width (the number of classes).
+    solve: ``"chain"`` or ``"balanced"``.
   """
   targets = tuple(_check_count(f"active_weights[{i}]", a)
                   for i, a in enumerate(active_weights))
   if not targets:
     raise SCSDCError("active_weights is empty: give one count per layer")
+  if solve not in SOLVES:
+    raise SCSDCError(f"solve={solve!r}: use one of {SOLVES}")
   widths = [_check_count("in_features", in_features, 1)]
   for a in targets[:-1]:
     widths.append(max(1, int(math.floor(a / widths[-1] + 0.5))))  # half rounds up
   widths.append(_check_count("out_features", out_features, 1))
+  if solve == "balanced" and len(targets) > 1:
+    if 0 in targets:
+      raise SCSDCError("solve='balanced' needs every layer to have an active weight "
+                       f"(got {targets}); a dead layer has no relative error to balance")
+    widths = _balanced_widths(targets, widths)
   twin = tuple(widths[i] * widths[i + 1] for i in range(len(targets)))
   errors = tuple(0.0 if t == 0 and w == 0 else (w - t) / t if t else math.inf
                  for t, w in zip(targets, twin))
   return DenseTwin(tuple(widths), targets, twin, errors)
+
+
+def _log_error(targets, widths) -> float:
+  return sum(math.log(widths[i] * widths[i + 1] / t) ** 2 for i, t in enumerate(targets))
+
+
+def _balanced_widths(targets, chain_widths):
+  """:func:`dense_twin`'s balanced widths (``chain_widths`` is one candidate)."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  n_hidden, first, last = len(targets) - 1, chain_widths[0], chain_widths[-1]
+  # Layer l: y_{l-1} + y_l = log A_l, with y_0 = log in and y_L = log out fixed.
+  system = np.zeros((len(targets), n_hidden))
+  rhs = np.log(np.asarray(targets, np.float64))
+  for l in range(len(targets)):
+    if l > 0:
+      system[l, l - 1] = 1.0
+    if l < n_hidden:
+      system[l, l] = 1.0
+  rhs[0] -= math.log(first)
+  rhs[-1] -= math.log(last)
+  y = np.exp(np.linalg.lstsq(system, rhs, rcond=None)[0])
+  choices = [sorted({max(1, int(math.floor(v))), max(1, int(math.ceil(v)))}) for v in y]
+  candidates = [list(chain_widths)]
+  if n_hidden <= 10:  # 2^10 roundings at most
+    candidates += [[first, *c, last] for c in itertools.product(*choices)]
+  best = min(candidates, key=lambda w: _log_error(targets, w))
+  improved = True
+  while improved:  # one unit at a time, to a local minimum over the integers
+    improved = False
+    for i in range(1, n_hidden + 1):
+      for step in (-1, 1):
+        trial = list(best)
+        trial[i] += step
+        if trial[i] >= 1 and _log_error(targets, trial) < _log_error(targets, best):
+          best, improved = trial, True
+  return best
 
 
 def active_weights_from_densities(widths: Sequence[int],
@@ -132,7 +191,7 @@ def active_weights_from_kept_inputs(kept_inputs: Sequence[int],
 
 
 def dense_twin_of_gated_mlp(params, in_features: int, out_features: int,
-                            test_gate: str = "median") -> DenseTwin:
+                            test_gate: str = "median", solve: str = "chain") -> DenseTwin:
   """The dense twin of a trained input-unit-gated MLP (``l0jax.models.MLP``) from its
   test-time gates: kept inputs per layer (:func:`l0jax.density.density_report`, layers
   in forward order) -> :func:`active_weights_from_kept_inputs` -> :func:`dense_twin`."""
@@ -144,10 +203,10 @@ def dense_twin_of_gated_mlp(params, in_features: int, out_features: int,
   report = density.density_report(params, test_gate)
   kept = [int(report.kept_units[name]) for name in report.kept_units]
   return dense_twin(active_weights_from_kept_inputs(kept, out_features), in_features,
-                    out_features)
+                    out_features, solve)
 
 
-def dense_twin_from_eval_json(result, num_classes: int):
+def dense_twin_from_eval_json(result, num_classes: int, solve: str = "chain"):
   """``(twin, layer names)`` of an input-unit-gated MLP from its ``eval.json`` dict:
   ``kept_units`` per layer (forward order) and the first layer's ``total_units`` as the
   input width."""
@@ -157,7 +216,7 @@ def dense_twin_from_eval_json(result, num_classes: int):
   names = list(result["kept_units"])
   kept = [result["kept_units"][n] for n in names]
   targets = active_weights_from_kept_inputs(kept, num_classes)
-  return dense_twin(targets, result["total_units"][names[0]], num_classes), names
+  return dense_twin(targets, result["total_units"][names[0]], num_classes, solve), names
 
 
 def twin_config_overrides(twin: DenseTwin) -> Dict[str, str]:
