@@ -852,9 +852,11 @@ def _host_metrics(metrics, task: Task, step: int, config) -> Dict[str, Any]:
 # Reports
 # ======================================================================================
 def purge_report(model, variables, config) -> Dict[str, Any]:
-  """Size of the compacted model (``l0jax.purge``): params, MACs, density, architecture."""
+  """Size of the compacted model (``l0jax.purge``): params, MACs, density, architecture;
+  for a dense model its MACs (``dense_macs``), so both are compared on one scale."""
   if not config.gated:
-    return {}
+    return {"dense_macs": int(sum(layer.macs for layer in
+                                  macs_graph(config, model).values()))}
   from l0jax import purge  # pylint: disable=g-import-not-at-top
   c = purge.counts(model, variables, input_shape=input_shape(config))
   keys = ("dense_macs", "test_time_macs", "purged_params", "purged_macs",

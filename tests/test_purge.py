@@ -540,3 +540,17 @@ def test_gates_kept_outside_the_params_purge_like_stored_ones():
       SMALL_MLP, params)
   with pytest.raises(ValueError, match="'fc9'"):
     purge.purge(SMALL_MLP, bare, log_alphas={"fc9": outside["fc1"]})
+
+
+@pytest.mark.parametrize("config_file, want", [
+    ("configs/fashion_mnist_mlp.py", 784 * 300 + 300 * 100 + 100 * 10),
+    # LeNet-5-Caffe: conv 5x5 1->20 on 24x24, 20->50 on 8x8, fc 800->500->10.
+    ("configs/fashion_mnist_lenet.py",
+     24 * 24 * 25 * 20 + 8 * 8 * 25 * 20 * 50 + 800 * 500 + 500 * 10)])
+def test_dense_runs_report_their_macs_on_the_gated_scale(config_file, want):
+  from experiments import runs  # pylint: disable=g-import-not-at-top
+  from l0jax import train_lib  # pylint: disable=g-import-not-at-top
+  dense = runs.load_config(config_file, {"gated": False, "fake_data": True})
+  assert train_lib.purge_report(None, {}, dense) == {"dense_macs": want}
+  gated = runs.load_config(config_file, {"fake_data": True})
+  assert sum(op.macs for op in train_lib.macs_graph(gated).values()) == want
