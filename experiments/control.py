@@ -14,7 +14,7 @@ runs and their cost are in experiments/results/control/*_penalties.json):
     nice -n 10 python experiments/calibrate_penalty.py \
         --config=configs/fashion_mnist_mlp.py --targets=0.7,0.5,0.33,0.2,0.1 \
         --root=/tmp/l0jax_sweeps/control --block=mlp_penalized_10ep --lo=1e-3 --hi=10 \
-        --out=experiments/results/control/mlp_penalties.json
+        --step=geometric --out=experiments/results/control/mlp_penalties.json
     nice -n 10 python experiments/calibrate_penalty.py \
         --config=configs/fashion_mnist_lenet.py --targets=0.5,0.33,0.1 \
         --root=/tmp/l0jax_sweeps/control --block=lenet_penalized_10ep --lo=1e-3 --hi=10 \

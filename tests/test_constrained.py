@@ -914,3 +914,38 @@ def test_nupi_sgd_init_restarts_to_a_fresh_controller():
   assert float(state.multipliers[0]) == 0.0 and not bool(state.dual_state.started[0])
   state = C.dual_step(state, [0.4], problem, dual)
   np.testing.assert_allclose(state.multipliers, [0.5 * 0.4], rtol=1e-6)  # SGD step
+
+
+def test_interpolating_steps_by_hand_and_with_fewer_runs():
+  density = lambda lam: 1.0 / (1.0 + lam)  # 0.3 at lambda = 7/3
+  with pytest.warns(UserWarning, match="closest"):
+    _, history = penalty_search.bisect_penalty(density, 0.3, 0.01, 100.0, tol=1e-9,
+                                               max_iters=1, step="interpolate")
+  # The first step by hand: linear in log lambda between the ends' distances to 0.3.
+  f_lo, f_hi = density(0.01) - 0.3, density(100.0) - 0.3
+  x = math.log(0.01) + f_lo / (f_lo - f_hi) * (math.log(100.0) - math.log(0.01))
+  np.testing.assert_allclose(history[2][0], math.exp(x), rtol=1e-12)
+  runs = {}
+  for step in penalty_search.STEPS:
+    lam, history = penalty_search.bisect_penalty(density, 0.3, 1e-3, 1e3, tol=1e-3,
+                                                 max_iters=60, step=step)
+    assert abs(density(lam) - 0.3) <= 1e-3
+    runs[step] = len(history)
+  assert runs["interpolate"] < runs["geometric"]
+  with pytest.raises(ValueError, match="step="):
+    penalty_search.bisect_penalty(density, 0.3, 0.01, 100.0, step="newton")
+
+
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
+@hypothesis.given(st.floats(0.05, 0.95), st.floats(0.5, 5.0), st.floats(-3.0, 3.0))
+def test_interpolating_steps_stay_in_the_shrinking_bracket(target, slope, shift):
+  # A decreasing sigmoid of log lambda: every evaluation lies strictly inside the
+  # bracket of the values seen so far, and the result is within tol.
+  density = lambda lam: 1.0 / (1.0 + math.exp(slope * (math.log(lam) - shift)))
+  lam, history = penalty_search.bisect_penalty(density, target, 1e-4, 1e4, tol=1e-3,
+                                               max_iters=80, step="interpolate")
+  assert abs(density(lam) - target) <= 1e-3
+  for i in range(2, len(history)):
+    above = [p for p, v in history[:i] if v > target]
+    below = [p for p, v in history[:i] if v < target]
+    assert max(above) < history[i][0] < min(below)

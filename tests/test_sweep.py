@@ -277,6 +277,24 @@ def test_calibrate_penalty_reuses_runs_and_hits_every_target(monkeypatch, tmp_pa
   assert all(r.overrides["num_epochs"] == 3 and r.overrides["method"] == "penalized"
              for r in calls)
 
+  # A restart starts from the block's finished runs (their eval.json), of this seed
+  # only, and runs nothing new; geometric steps need more runs than interpolated ones.
+  for run in list(calls):
+    os.makedirs(run.workdir)
+    with open(os.path.join(run.workdir, "eval.json"), "w") as f:
+      json.dump(fake_run_one(run), f)
+  os.makedirs(os.path.join(tmp_path, "pen", "penalty=0.5,seed=1"))
+  calls.clear()
+  again = calibrate_penalty.calibrate("configs/fashion_mnist_mlp.py", targets,
+                                      {"num_epochs": 3}, str(tmp_path), "pen",
+                                      lo=1e-3, hi=10.0, tol=0.01, log=lambda *_: None)
+  assert calls == []
+  assert again["chosen"] == result["chosen"] and again["runs"] == result["runs"]
+  geometric = calibrate_penalty.calibrate(
+      "configs/fashion_mnist_mlp.py", targets, {"num_epochs": 3}, str(tmp_path / "g"),
+      "pen", lo=1e-3, hi=10.0, tol=0.01, step="geometric", log=lambda *_: None)
+  assert len(geometric["runs"]) > len(result["runs"])
+
 
 def test_check_workdir_compares_the_fields_both_configs_have(tmp_path):
   run = runs.Run("configs/fashion_mnist_mlp.py", {"target_density": 0.2}, 0,
