@@ -271,6 +271,7 @@ def plot(records: Sequence[Mapping[str, Any]], path: str) -> str:
   """Test error against kept parameters (one dot per run, arm means joined) and EGF L2
   over training (seed 0 of each arm and density)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   done = [r for r in records if r.get("status") == "done"]
@@ -301,6 +302,7 @@ def plot(records: Sequence[Mapping[str, Any]], path: str) -> str:
               styles[arm][1:] or "-", color=color, lw=1,
               label=f"{arm} {100 * r['density']:g}%")
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
   ax.set_xlabel("kept parameters (purged model)")
   ax.set_ylabel("test error %")
   ax.set_title("sparse (L0) vs same-capacity dense twin")
