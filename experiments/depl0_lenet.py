@@ -32,4 +32,10 @@ def get_sweep():
             ("dep_forward", "configs/fashion_mnist_lenet_depl0.py", {}),
             ("dep_backward", "configs/fashion_mnist_lenet_depl0.py",
              {"gate_source": "dep_backward"}))],
+      # The generator's gates started the way the independent ones do (drop rate 0.1,
+      # dep_bias_init="droprate"), everything else the config's, dual lr included.
+      *[{"name": f"{name}_droprate", "config": "configs/fashion_mnist_lenet_depl0.py",
+         "overrides": {"dep_bias_init": "droprate", **extra}, "seeds": [0, 1, 2]}
+        for name, extra in (("dep_forward", {}),
+                            ("dep_backward", {"gate_source": "dep_backward"}))],
   ]
