@@ -102,6 +102,14 @@ def evaluate_checkpoint(config, workdir: str, devices=None) -> Dict[str, Any]:
           "multipliers": [float(v) for v in np.asarray(state.constrained.multipliers)],
           "targets": list(task.problem.targets) if config.method == "constrained" else [],
           "layer_names": list(task.layer_names),
-          **reporting.gradient_flow_report(
-              reporting.read_metrics(workdir),
-              max(1, num_train_examples(config) // config.batch_size))}
+          **_gradient_flow(config, workdir)}
+
+
+def _gradient_flow(config, workdir: str) -> Dict[str, Any]:
+  """``reporting.gradient_flow_report`` of a ``log_egf`` run (the train split is only
+  opened, to count its steps per epoch, when the run logged the flow)."""
+  records = reporting.read_metrics(workdir)
+  if not any("egf_l2" in r for r in records):
+    return {}
+  return reporting.gradient_flow_report(
+      records, max(1, num_train_examples(config) // config.batch_size))
