@@ -59,6 +59,7 @@ def get_config():
   config.method = "constrained"           # "constrained" | "penalized"
   config.constraint = "model"             # "model" (one constraint) | "layerwise" (one per gated layer)
   config.target_density = 0.33            # in (0, 1]; with "layerwise", the target of every layer
+  config.constraint_kind = "ineq"         # "ineq": density <= target | "eq": density == target (the multiplier may turn negative and reopen gates)
   config.layer_targets = ()               # "layerwise" only: one target per gated layer, e.g. "(0.5, 0.3, 0.8)"
   config.density_mode = "independent"     # "independent" (the papers') | "cascade" (what purging keeps) | "macs" (expected MACs) | "dep_l0" (Dep-L0's cost)
   config.penalty = 0.0                    # penalized (needs > 0): loss + penalty * expected density (per constraint)

@@ -179,18 +179,22 @@ def constraint_report(task, params, config) -> Dict[str, Any]:
   quantity = "cascade density" if config.density_mode == "cascade" else "density"
   names = ([f"model {quantity}"] if config.constraint == "model"
            else [f"{name} {quantity}" for name in task.layer_names])
-  return {"constraints": constraint_rows(values, task.problem.targets, names)}
+  return {"constraints": constraint_rows(values, task.problem.targets, names,
+                                         task.problem.kinds)}
 
 
 def constraint_rows(values: Sequence[float], targets: Sequence[float],
-                    names: Sequence[str]) -> List[Dict[str, Any]]:
-  """One row per constraint: name, value, target and whether ``value <= target``.
+                    names: Sequence[str], kinds: Sequence[str] = ()) -> List[Dict[str, Any]]:
+  """One row per constraint: name, value, target, kind and whether it is met.
 
-  Met means at most the target to the 0.01 percentage points the table shows.
+  Met means ``value <= target`` (kind ``"ineq"``, the default) or ``value == target``
+  (``"eq"``) to the 0.01 percentage points the table shows.
   """
-  return [{"name": n, "value": float(v), "target": float(t),
-           "met": bool(float(v) - float(t) <= 5e-5)}
-          for n, v, t in zip(names, values, targets)]
+  kinds = tuple(kinds) or ("ineq",) * len(targets)
+  return [{"name": n, "value": float(v), "target": float(t), "kind": k,
+           "met": bool((float(v) - float(t) if k == "ineq" else abs(float(v) - float(t)))
+                       <= 5e-5)}
+          for n, v, t, k in zip(names, values, targets, kinds)]
 
 
 def _percent(x: float) -> str:
@@ -219,7 +223,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
               f"  {'-' * width}  -------  -------  ---------------"]
     for r in rows:
       met = "yes" if r["met"] else (
-          f"no (+{100 * (r['value'] - r['target']):.2f} pts)")
+          f"no ({100 * (r['value'] - r['target']):+.2f} pts)")
       lines.append(f"  {r['name']:{width}}  {_percent(r['value']):>7}  "
                    f"{_percent(r['target']):>7}  {met}")
   return "\n".join(lines)

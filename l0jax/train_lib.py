@@ -177,6 +177,7 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
   _choice(config, "method", METHODS)
   _choice(config, "constraint", CONSTRAINTS)
   _choice(config, "formulation", FORMULATIONS)
+  _choice(config, "constraint_kind", constrained.KINDS)
   _choice(config, "scheme", constrained.SCHEMES)
   _choice(config, "test_gate", ("median", "eq13"))
   _choice(config, "optimizer", OPTIMIZERS)
@@ -348,7 +349,8 @@ def make_problem(config, num_layers: int):
     n = 1 if config.constraint == "model" else num_layers
     return constrained.Problem(targets=(0.0,) * n, formulation="penalized")
   return constrained.Problem(
-      targets=targets(config, num_layers), formulation=config.formulation,
+      targets=targets(config, num_layers), kinds=config.constraint_kind,
+      formulation=config.formulation,
       penalty_coefficient=(config.penalty_coefficient
                            if config.formulation == "augmented_lagrangian" else None))
 

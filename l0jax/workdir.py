@@ -110,7 +110,7 @@ FIXED_FIELDS = (
     "unstructured", "sample_per_example", "test_gate", "rescale_init", "gate_source",
     "dep_input_size", "dep_bias_init", "depth",
     "widen_factor", "width_scale", "dropout", "droprate_init", "bn_momentum", "dtype",
-    "method", "constraint", "target_density", "layer_targets", "density_mode", "penalty",
+    "method", "constraint", "constraint_kind", "target_density", "layer_targets", "density_mode", "penalty",
     "formulation", "penalty_coefficient", "scheme", "dual_restarts", "optimizer",
     "learning_rate", "lr_schedule", "lr_milestones", "lr_decay_factor", "momentum",
     "weight_decay", "label_smoothing", "gate_optimizer", "gate_learning_rate",

@@ -102,3 +102,13 @@ def test_summary_is_json_serialisable():
   assert json.loads(json.dumps(rows)) == rows
   with pytest.raises(KeyError):
     reporting.format_summary({})
+
+
+def test_equality_rows_are_met_only_at_the_target():
+  rows = reporting.constraint_rows([0.33004, 0.32, 0.2], [0.33, 0.33, 0.5],
+                                   ["a", "b", "c"], ("eq", "eq", "ineq"))
+  assert [r["met"] for r in rows] == [True, False, True]
+  assert [r["kind"] for r in rows] == ["eq", "eq", "ineq"]
+  table = reporting.format_summary({"test_error": 0.1, "constraints": rows})
+  assert any(l.split() == ["b", "32.00%", "33.00%", "no", "(-1.00", "pts)"]
+             for l in table.splitlines()), table

@@ -476,3 +476,20 @@ def test_steps_per_call_is_one_for_xla_convolutions_on_cpu(fake_dataset):
   assert train_lib.steps_per_call(config, mesh) == 7  # the MLP has no convolutions
   config.model = "lenet5"
   assert train_lib.steps_per_call(config, mesh) == 1
+
+
+def test_equality_constraint_reopens_gates_below_the_target(fake_dataset):
+  # Gates start at ~50% density, the target is 90%: "<=" is met, its multiplier stays
+  # at 0 (projected); "==" is not, its multiplier turns negative and pulls density up.
+  densities, multipliers = {}, {}
+  for kind in ("ineq", "eq"):
+    config = small_config(fake_dataset, constraint_kind=kind, target_density=0.9,
+                          droprate_init=0.5, dual_learning_rate=5.0)
+    assert train_lib.make_problem(config, 3).kinds == (kind,)
+    state, metrics = run_steps(config, jax.devices()[:1], num_steps=4)
+    densities[kind] = float(np.asarray(metrics["expected_density"]).ravel()[0])
+    multipliers[kind] = float(np.asarray(state.constrained.multipliers).ravel()[0])
+  assert multipliers["ineq"] == 0.0 and multipliers["eq"] < 0.0
+  assert densities["eq"] > densities["ineq"]
+  with pytest.raises(train_lib.ConfigError, match="constraint_kind"):
+    train_lib.validate_config(small_config(fake_dataset, constraint_kind="le"), 1)
