@@ -52,8 +52,19 @@ def get_sweep():
          "seeds": [0]},
     ]
   # LeNet at 30 epochs drifted below its 33% target with "<=" (the multiplier at 0,
-  # gates kept closing): the same run with "==" holds the target.
+  # gates kept closing). "==" with plain gradient ascent on the multiplier oscillates
+  # (density 15-95%); the augmented Lagrangian's c/2 (g - t)^2 damps it.
   blocks.append({"name": "lenet_constrained_eq_30ep", "config": MODELS["lenet"][0],
                  "overrides": {"num_epochs": 30, "constraint_kind": "eq"},
                  "grid": {"target_density": [0.33]}, "seeds": [0]})
+  blocks.append({"name": "lenet_constrained_eq_al_30ep", "config": MODELS["lenet"][0],
+                 "overrides": {"num_epochs": 30, "constraint_kind": "eq",
+                               "formulation": "augmented_lagrangian",
+                               "target_density": 0.33},
+                 "grid": {"penalty_coefficient": [1.0, 10.0]}, "seeds": [0]})
+  blocks.append({"name": "lenet_constrained_eq_al10_30ep", "config": MODELS["lenet"][0],
+                 "overrides": {"num_epochs": 30, "constraint_kind": "eq",
+                               "formulation": "augmented_lagrangian",
+                               "penalty_coefficient": 10.0},
+                 "grid": {"target_density": [0.1, 0.5]}, "seeds": [0]})
   return blocks

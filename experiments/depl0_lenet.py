@@ -9,6 +9,7 @@ is configs/fashion_mnist_lenet.py itself, the Dep-L0 arms configs/fashion_mnist_
 """
 
 SEEDS = [0]
+PENALTY = 4.68  # independent gates' calibrated penalty for 10% (experiments/control.py)
 
 
 def get_sweep():
@@ -32,6 +33,16 @@ def get_sweep():
             ("dep_forward", "configs/fashion_mnist_lenet_depl0.py", {}),
             ("dep_backward", "configs/fashion_mnist_lenet_depl0.py",
              {"gate_source": "dep_backward"}))],
+      # Penalized, as published: every arm at the penalty that brings independent gates
+      # to 10% (experiments/results/control/lenet_penalties.json), 3 seeds.
+      *[{"name": f"{name}_penalized", "config": config,
+         "overrides": {"method": "penalized", **extra}, "grid": {"penalty": [PENALTY]},
+         "seeds": [0, 1, 2]}
+        for name, config, extra in (
+            ("dep_forward", "configs/fashion_mnist_lenet_depl0.py", {}),
+            ("dep_backward", "configs/fashion_mnist_lenet_depl0.py",
+             {"gate_source": "dep_backward"}),
+            ("independent", "configs/fashion_mnist_lenet.py", {}))],
       # The generator's gates started the way the independent ones do (drop rate 0.1,
       # dep_bias_init="droprate"), everything else the config's, dual lr included.
       *[{"name": f"{name}_droprate", "config": "configs/fashion_mnist_lenet_depl0.py",
