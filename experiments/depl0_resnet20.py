@@ -12,7 +12,7 @@ run takes about 10 minutes on this 2-core CPU when it is quiet (30-40 shared), s
 """
 
 CONFIG = "configs/fashion_mnist_resnet20.py"
-SEEDS = [0]
+SEEDS = [0, 1]
 BACKWARD_SEEDS = [0]
 DEP = {"gate_learning_rate": 1e-3, "dep_bias_init": "paper"}
 
