@@ -47,14 +47,14 @@ if __package__ in (None, ""):  # python experiments/sc_sdc.py
 from experiments import runs, sweep  # pylint: disable=g-import-not-at-top
 from l0jax import reporting  # pylint: disable=g-import-not-at-top
 from l0jax.science import sc_sdc  # pylint: disable=g-import-not-at-top
+from l0jax.science.egf import FLOW_METRICS as FLOW  # pylint: disable=g-import-not-at-top
 
 ARMS = ("learned", "twin", "twin_balanced", "searched", "uniform")
 TWIN_SOLVES = {"twin": "chain", "twin_balanced": "balanced"}
-FLOW = ("egf_l1", "egf_l2", "grad_norm_l1", "grad_norm_l2")
 
 
-def _fmt_density(d: float) -> str:
-  return f"{d:g}"
+def _search_dir(root: str, density: float) -> str:
+  return os.path.join(root, f"search_density={density:g}")
 
 
 def _eval_json(workdir: str) -> Dict[str, Any]:
@@ -71,9 +71,8 @@ def num_gated_layers(config: str, sets: Mapping[str, Any]) -> int:
 def search(config: str, density: float, sets: Mapping[str, Any], root: str,
            search_args: Sequence[str], log=print) -> Dict[str, Any]:
   """``best.json`` of the density search for budget ``density`` (runs it unless done)."""
-  workdir = os.path.join(root, f"search_density={_fmt_density(density)}")
-  best = os.path.join(workdir, "best.json")
-  if not os.path.exists(best):
+  workdir = _search_dir(root, density)
+  if not os.path.exists(os.path.join(workdir, "best.json")):
     argv = ([sys.executable, os.path.join(runs.REPO, "experiments", "density_search.py"),
              f"--config={config}", f"--workdir={workdir}", f"--global_density={density}"]
             + [f"--config.{k}={runs.format_value(v)}" for k, v in sets.items()]
@@ -82,13 +81,13 @@ def search(config: str, density: float, sets: Mapping[str, Any], root: str,
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "search.log"), "a") as out:
       subprocess.run(argv, check=True, cwd=runs.REPO, stdout=out, stderr=subprocess.STDOUT)
-  with open(best) as f:
-    return json.load(f)
+  return _read_best(root, density)
 
 
-def arm_overrides(arm: str, density: float, num_layers: int, learned_dir: str = "",
+def arm_overrides(arm: str, density: float, num_layers: int, twin=None,
                   best: Mapping[str, Any] = ()) -> Dict[str, Any]:
-  """The config overrides of one arm at ``density`` (on top of ``--set``)."""
+  """The config overrides of one arm at ``density`` (on top of ``--set``); a twin arm
+  trains ``twin`` (:func:`_twin` of its learned run)."""
   if arm == "learned":
     return {"target_density": density}
   if arm == "uniform":
@@ -97,13 +96,13 @@ def arm_overrides(arm: str, density: float, num_layers: int, learned_dir: str = 
     return {"constraint": "layerwise",
             "layer_targets": tuple(float(d) for d in best["best_profile"])}
   if arm in TWIN_SOLVES:
-    twin = _twin(learned_dir, arm)
     return {k: runs.parse_value(v) for k, v in sc_sdc.twin_config_overrides(twin).items()}
   raise runs.SweepError(f"unknown arm {arm!r}; use some of {', '.join(ARMS)}")
 
 
 def _twin(learned_dir: str, arm: str) -> sc_sdc.DenseTwin:
-  return sc_sdc.dense_twin_from_eval_json(_eval_json(learned_dir), _num_classes(learned_dir),
+  result = _eval_json(learned_dir)
+  return sc_sdc.dense_twin_from_eval_json(result, _num_classes(learned_dir),
                                           TWIN_SOLVES[arm])[0]
 
 
@@ -123,12 +122,15 @@ def flow_fields(workdir: str) -> Dict[str, Any]:
           if when in flow for k in FLOW}
 
 
+def _run_dir(root: str, arm: str, density: float, seed: int) -> str:
+  return os.path.join(root, arm, runs.run_name({"density": density}, seed))
+
+
 def run_arm(arm: str, config: str, density: float, seed: int, sets: Mapping[str, Any],
             root: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
   """Trains and evaluates one run; its sweep record plus arm, density and EGF."""
-  name = runs.run_name({"density": density}, seed)
   overrides = {**sets, "log_egf": True, **extra}
-  run = runs.Run(config, overrides, seed, os.path.join(root, arm, name), arm)
+  run = runs.Run(config, overrides, seed, _run_dir(root, arm, density, seed), arm)
   record = runs.run_one(run)
   record = {"arm": arm, "density": density, **record}
   if record["status"] == "done":
@@ -157,20 +159,19 @@ def run_study(config: str, densities: Sequence[float], seeds: Sequence[int],
               _read_best(root, density))
     for arm in [a for a in ARMS if a in arms]:
       for seed in seeds:
-        learned_dir = os.path.join(root, "learned", runs.run_name({"density": density}, seed))
-        if (arm in TWIN_SOLVES and not runs.is_finished(learned_dir)) or (
-            arm == "searched" and not best):
+        learned_dir = _run_dir(root, "learned", density, seed)
+        waiting = ((arm in TWIN_SOLVES and not runs.is_finished(learned_dir))
+                   or (arm == "searched" and not best))
+        if waiting or (not train and
+                       not runs.is_finished(_run_dir(root, arm, density, seed))):
           continue
-        extra = arm_overrides(arm, density, num_layers, learned_dir, best)
-        name = runs.run_name({"density": density}, seed)
-        if not train and not runs.is_finished(os.path.join(root, arm, name)):
-          continue
+        twin = _twin(learned_dir, arm) if arm in TWIN_SOLVES else None
+        extra = arm_overrides(arm, density, num_layers, twin, best)
         log(f"{arm} density={density} seed={seed}")
         record = run_arm(arm, config, density, seed, sets, root, extra)
         if arm == "searched":
           record["search_trainer_steps"] = best["search_trainer_steps"]
-        if arm in TWIN_SOLVES:
-          twin = _twin(learned_dir, arm)
+        if twin is not None:
           record["twin_weight_errors"] = list(twin.relative_error)
           record["twin_max_weight_error"] = twin.max_abs_relative_error
         records.append(record)
@@ -179,7 +180,8 @@ def run_study(config: str, densities: Sequence[float], seeds: Sequence[int],
 
 
 def _read_best(root: str, density: float) -> Dict[str, Any]:
-  path = os.path.join(root, f"search_density={_fmt_density(density)}", "best.json")
+  """The search's ``best.json`` for ``density``; ``{}`` before it has finished."""
+  path = os.path.join(_search_dir(root, density), "best.json")
   if not os.path.exists(path):
     return {}
   with open(path) as f:
@@ -229,12 +231,6 @@ def flow_correlations(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, An
   return rows
 
 
-def _fmt(stat, scale=1.0, digits=2) -> str:
-  if stat is None:
-    return "-"
-  return f"{scale * stat[0]:.{digits}f} ± {scale * stat[1]:.{digits}f}"
-
-
 def _fmt_big(stat) -> str:
   return "-" if stat is None else f"{stat[0] / 1e3:.1f}k"
 
@@ -247,19 +243,21 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
   for row in rows:
     profile = (runs.format_value(row["layer_targets"]) if row["layer_targets"]
                else row["architecture"] or "")
+    stat = sweep.format_stat
     lines.append("| " + " | ".join([
         f"{100 * row['density']:g}%", row["arm"], str(row["n"]),
-        _fmt(row["test_error"], 100), _fmt(row["expected_density"], 100),
+        stat(row["test_error"], 100), stat(row["expected_density"], 100),
         _fmt_big(row["purged_params"]), _fmt_big(row["purged_macs"]),
-        _fmt(row["egf_l2_epoch_1"], 1e6, 1), _fmt(row["egf_l2_final"], 1e6, 1),
-        _fmt(row["grad_norm_l2_epoch_1"], 1, 3), _fmt(row["grad_norm_l2_final"], 1, 3),
+        stat(row["egf_l2_epoch_1"], 1e6, 1), stat(row["egf_l2_final"], 1e6, 1),
+        stat(row["grad_norm_l2_epoch_1"], 1, 3), stat(row["grad_norm_l2_final"], 1, 3),
         str(row["search_trainer_steps"] or "-"), str(profile)]) + " |")
   return ("EGF L2 in units of 1e-6 (per active weight, averaged over layers).\n\n" +
           "\n".join(lines) + "\n")
 
 
 def correlations_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-  lines = ["| flow metric | at | Spearman rho with test error | runs |", "|---|---|---|---|"]
+  lines = ["| flow metric | at | Spearman rho with test error | runs |",
+           "|---|---|---|---|"]
   for row in rows:
     rho = "-" if row["spearman_rho"] is None else f"{row['spearman_rho']:+.2f}"
     lines.append(f"| {row['metric']} | {row['when'].replace('_', ' ')} | {rho} | "
@@ -292,9 +290,8 @@ def plot(records: Sequence[Mapping[str, Any]], path: str) -> str:
               sum(100 * r["test_error"] for r in rs if r["density"] == d) /
               sum(r["density"] == d for r in rs)) for d in densities]
     line.set_data([m[0] for m in means], [m[1] for m in means])
-    for r in rs:
-      if r["seed"] != min(x["seed"] for x in rs):
-        continue
+    first_seed = min(r["seed"] for r in rs)
+    for r in [r for r in rs if r["seed"] == first_seed]:
       flow = [m for m in reporting.read_metrics(r["workdir"])
               if not m.get("eval") and "egf_l2" in m]
       epoch = r["epochs"] / max(r["step"], 1)
@@ -326,8 +323,7 @@ def write_all(records: Sequence[Dict[str, Any]], out: str) -> List[str]:
     f.write(summary_markdown(rows) + "\n" + correlations_markdown(
         flow_correlations(records)))
   csv_path = os.path.join(out, "summary.csv")
-  sweep.write_csv(csv_path, rows, lambda k, v: (
-      "" if v is None else f"{v[0]:.6g} ± {v[1]:.2g}" if k in STATS else sweep.csv_cell(v)))
+  sweep.write_stats_csv(csv_path, rows, STATS)
   return paths + [md, csv_path, plot(records, os.path.join(out, "sc_sdc.png"))]
 
 

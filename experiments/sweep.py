@@ -208,7 +208,8 @@ def summarize(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   return rows
 
 
-def _fmt(stat, scale=1.0, digits=2) -> str:
+def format_stat(stat, scale=1.0, digits=2) -> str:
+  """``"mean ± std"`` of a ``(mean, std)`` pair (times ``scale``); "-" for None."""
   if stat is None:
     return "-"
   mean, std = stat
@@ -227,24 +228,30 @@ def summary_markdown(rows: Sequence[Dict[str, Any]]) -> str:
                                   "on target", "train s"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
-    tt = _fmt(row["time_to_target"], digits=2)
+    tt = format_stat(row["time_to_target"], digits=2)
     if "reached" in row and row["reached"] < row["n"]:
       tt += f" ({row['n'] - row['reached']} never)"
     cells = ([row["group"]] + [str(row.get(k, "")) for k in settings] + [
-        str(row["n"]), _fmt(row["test_error"], 100), _fmt(row["expected_density"], 100),
-        _fmt(row["test_time_density"], 100), _fmt(row["purged_density"], 100),
-        _fmt(row["purged_params"], digits=0), tt,
+        str(row["n"]), format_stat(row["test_error"], 100),
+        format_stat(row["expected_density"], 100),
+        format_stat(row["test_time_density"], 100), format_stat(row["purged_density"], 100),
+        format_stat(row["purged_params"], digits=0), tt,
         f"{row['on_target']}/{row['n']}" if "on_target" in row else "-",
-        _fmt(row["train_wall_s"], digits=0)])
+        format_stat(row["train_wall_s"], digits=0)])
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def write_stats_csv(path: str, rows, stats: Sequence[str]) -> None:
+  """Summary rows as CSV: the ``stats`` columns' ``(mean, std)`` as "mean ± std"."""
+  write_csv(path, rows, lambda k, v: (
+      "" if v is None else f"{v[0]:.6g} ± {v[1]:.2g}" if k in stats else csv_cell(v)))
 
 
 def write_summary(records, out: str) -> List[str]:
   rows = summarize(records)
   csv_path, md_path = os.path.join(out, "summary.csv"), os.path.join(out, "summary.md")
-  write_csv(csv_path, rows, lambda k, v: (
-      "" if v is None else f"{v[0]:.6g} ± {v[1]:.2g}" if k in SUMMARY_STATS else csv_cell(v)))
+  write_stats_csv(csv_path, rows, SUMMARY_STATS)
   with open(md_path, "w") as f:
     f.write(summary_markdown(rows))
   return [csv_path, md_path]

@@ -184,7 +184,8 @@ def constraint_report(task, params, config) -> Dict[str, Any]:
 
 
 def constraint_rows(values: Sequence[float], targets: Sequence[float],
-                    names: Sequence[str], kinds: Sequence[str] = ()) -> List[Dict[str, Any]]:
+                    names: Sequence[str],
+                    kinds: Sequence[str] = ()) -> List[Dict[str, Any]]:
   """One row per constraint: name, value, target, kind and whether it is met.
 
   Met means ``value <= target`` (kind ``"ineq"``, the default) or ``value == target``
