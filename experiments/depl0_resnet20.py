@@ -12,8 +12,8 @@ lists hold what has run so far (add seeds to run more).
 """
 
 CONFIG = "configs/fashion_mnist_resnet20.py"
-SEEDS = [0, 1]
-BACKWARD_SEEDS = [0]
+SEEDS = [0, 1, 2]
+BACKWARD_SEEDS = [0, 1, 2]
 DEP = {"gate_learning_rate": 1e-3, "dep_bias_init": "paper"}
 
 
