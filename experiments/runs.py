@@ -281,6 +281,10 @@ def collect(run: Run, epoch_steps: Optional[int] = None) -> Dict[str, Any]:
   if record["purged_params"] is None:
     record["purged_params"] = result.get("n_params_kept")
     record["purged_macs"] = result.get("dense_macs")
+  record["purged_macs_density"] = (
+      record["purged_macs"] / record["dense_macs"]
+      if is_number(record["purged_macs"]) and is_number(record["dense_macs"])
+      and record["dense_macs"] > 0 else None)
   targets = result.get("targets") or []
   record["target"] = targets[0] if len(targets) == 1 else (targets or None)
   if epoch_steps is None:

@@ -138,7 +138,8 @@ def _split_top(text: str) -> List[str]:
 # ======================================================================================
 CSV_FIRST = ("group", "config", "seed", "status", "test_error", "expected_density",
              "target", "test_time_density", "purged_density", "purged_params",
-             "n_params_dense", "purged_macs", "dense_macs", "architecture",
+             "n_params_dense", "purged_macs", "dense_macs", "purged_macs_density",
+             "architecture",
              "time_to_target", "epochs", "train_wall_s", "eval_wall_s")
 
 
@@ -180,7 +181,7 @@ def mean_std(values: Sequence[float]):
 
 
 SUMMARY_STATS = ("test_error", "expected_density", "test_time_density", "purged_density",
-                 "purged_params", "time_to_target", "train_wall_s")
+                 "purged_params", "purged_macs_density", "time_to_target", "train_wall_s")
 _NOT_SETTINGS = set(CSV_FIRST) | {"test_loss", "n_params_kept", "step", "workdir",
                                   "command", "error"}
 
@@ -224,7 +225,8 @@ def summary_markdown(rows: Sequence[Dict[str, Any]]) -> str:
                  and k not in ("group", "n", "target", "on_target", "reached")]
   head = (["group"] + settings + ["n", "test error %", "expected density %",
                                   "test-time density %", "purged density %",
-                                  "purged params", "time to target (epochs)",
+                                  "purged params", "purged MACs %",
+                                  "time to target (epochs)",
                                   "on target", "train s"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
@@ -235,7 +237,8 @@ def summary_markdown(rows: Sequence[Dict[str, Any]]) -> str:
         str(row["n"]), format_stat(row["test_error"], 100),
         format_stat(row["expected_density"], 100),
         format_stat(row["test_time_density"], 100), format_stat(row["purged_density"], 100),
-        format_stat(row["purged_params"], digits=0), tt,
+        format_stat(row["purged_params"], digits=0),
+        format_stat(row["purged_macs_density"], 100, digits=1), tt,
         f"{row['on_target']}/{row['n']}" if "on_target" in row else "-",
         format_stat(row["train_wall_s"], digits=0)])
     lines.append("| " + " | ".join(cells) + " |")

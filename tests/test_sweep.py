@@ -210,6 +210,7 @@ def test_collect_and_plots_of_dense_penalized_and_constrained_runs(tmp_path):
   record = runs.collect(dense, epoch_steps=600)
   # A dense run deploys every parameter; nothing is constrained.
   assert record["purged_params"] == 1000 and record["purged_macs"] == 900
+  assert record["purged_macs_density"] == 1.0
   assert record["target"] is None and record["time_to_target"] is None
   assert record["epochs"] == 10.0 and record["status"] == "done"
   records = [record]
@@ -221,10 +222,16 @@ def test_collect_and_plots_of_dense_penalized_and_constrained_runs(tmp_path):
       _fake_finished_run(run.workdir, {
           "step": 6000, "test_error": 0.12 + 0.01 * i, "expected_density": density,
           "purged_params": 100 + 200 * i, "n_params_dense": 1000,
+          "purged_macs": 90 + 300 * i, "dense_macs": 900,
           "targets": [v] if group == "constrained" else []},
           [{"step": 300 * k, "constraint_values": [density]} for k in (1, 2, 3)])
       records.append(runs.collect(run, epoch_steps=600))
   assert records[1]["time_to_target"] == 0.5 and records[3]["time_to_target"] is None
+  assert [r["purged_macs_density"] for r in records] == [1.0, 0.1, 390 / 900, 0.1, 390 / 900]
+  rows = sweep.summarize(records)
+  assert "purged MACs %" in sweep.summary_markdown(rows)
+  assert "| 43.3 ± 0.0 |" in sweep.summary_markdown([r for r in rows if r["group"] ==
+                                                      "constrained"][1:])
   blocks = [sweep.check_block({"name": g, "config": cfg, "grid": {f: list(v)}})
             for g, f, v in (("constrained", "target_density", (0.1, 0.3)),
                             ("penalized", "penalty", (0.01, 0.1)))]
