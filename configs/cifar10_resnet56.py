@@ -1,6 +1,8 @@
 """CIFAR ResNet-56 on CIFAR-10 with independent hard-concrete gates on every
-convolution, model-wise expected density <= 50% (the L0-HC arm of the Dep-L0
-comparisons); the settings of configs/cifar10_vgg16.py.
+convolution, model-wise expected density <= 50%; the settings of
+configs/cifar10_vgg16.py. The L0-HC arm of the Dep-L0 comparison
+(configs/cifar10_resnet56_depl0.py:hc) gates fewer layers and trains with the Dep-L0
+code's recipe.
 
     python train.py --config=configs/cifar10_resnet56.py --workdir=/tmp/r56
 """

@@ -121,7 +121,8 @@ def build_model(config):
   if config.model == "resnet":
     return models.ResNet(depth=config.depth, **common)
   if config.model == "cifar_resnet":
-    return models.CifarResNet(depth=config.depth, **common)
+    return models.CifarResNet(depth=config.depth,
+                              gate_block_outputs=config.gate_block_outputs, **common)
   return models.VGG(plan=models.vgg.PLANS[config.depth], **common)
 
 
@@ -203,6 +204,9 @@ def validate_config(config, device_count: Optional[int] = None) -> None:
       _fail(field, value, "must be >= 0" + ("" if field == "weight_decay" else " and < 1"))
   if not 0 <= config.bn_momentum < 1:
     _fail("bn_momentum", config.bn_momentum, "must be in [0, 1)")
+  if not config.gate_block_outputs and config.model != "cifar_resnet":
+    _fail("gate_block_outputs", False, f"is a model='cifar_resnet' setting; "
+          f"model={config.model!r} has its own gated layers")
   if config.lr_schedule == "step":
     milestones = tuple(config.lr_milestones or ())
     if not milestones or any(not isinstance(m, (int, float)) or m <= 0 for m in milestones):

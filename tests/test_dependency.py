@@ -305,8 +305,14 @@ def test_cifar_depl0_configs_turn_the_papers_lambda_into_a_density_penalty(
   config = module.get_config()
   assert (config.gate_source, config.method) == ("dep_forward", "constrained")
   config.fake_data, config.data_dir = True, str(tmp_path)
-  n = sum(layer.num_sparsifiable for layer in
-          density.gated_layers(train_lib.abstract_params(config)).values())
+  gated = density.gated_layers(train_lib.abstract_params(config))
+  n = sum(layer.num_sparsifiable for layer in gated.values())
+  # The reference code's recipe and gated layers (VGG: all 13 convolutions; ResNet-56:
+  # the stem and each of the 27 blocks' conv1).
+  assert len(gated) == (13 if "vgg" in name else 1 + 27)
+  assert (config.optimizer, config.lr_schedule, tuple(config.lr_milestones),
+          config.num_epochs, config.batch_size, config.test_gate) == (
+              "momentum", "step", (60, 120, 180, 240), 300, 128, "eq13")
   sources = {"forward": "dep_forward", "backward": "dep_backward", "hc": "independent"}
   for arm, lam in lambdas.items():
     config = module.get_config(f"{arm},penalized")
@@ -370,6 +376,11 @@ def test_generator_feeds_the_path_api_and_gradients_reach_it():
 
   grads = jax.grad(f)(gp)
   assert all(np.any(np.asarray(grads[m]["kernel"]) != 0) for m in grads)
+
+
+def test_block_output_gates_are_a_cifar_resnet_setting(fake_dataset):
+  with pytest.raises(train_lib.ConfigError, match="gate_block_outputs.*cifar_resnet"):
+    train_lib.validate_config(_small_config(fake_dataset, gate_block_outputs=False), 1)
 
 
 def test_trainer_rejects_dep_l0_with_unstructured_gates(fake_dataset):

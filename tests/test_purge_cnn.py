@@ -13,6 +13,9 @@ CASES = {
     "resnet18": (models.ResNet(depth=18, num_classes=7, width_scale=0.0625), (3, 32, 32, 3)),
     "resnet50": (models.ResNet(depth=50, num_classes=7, width_scale=0.0625), (3, 32, 32, 3)),
     "cifar_resnet": (models.CifarResNet(depth=8, width_scale=0.5), (3, 12, 12, 1)),
+    # Dep-L0's ResNet: only the stem and each block's conv1 gated.
+    "cifar_resnet_conv1": (models.CifarResNet(depth=8, width_scale=0.5,
+                                              gate_block_outputs=False), (3, 12, 12, 1)),
     "vgg": (models.VGG(plan=models.vgg.PLANS[11], width_scale=0.0625), (3, 32, 32, 3)),
 }
 
@@ -135,3 +138,25 @@ def test_expected_macs_of_a_block_are_open_in_times_open_out_by_hand():
   np.testing.assert_allclose(got["stage1_block1/conv2"], 144 * 9 * c1.sum() * c2.sum(),
                              rtol=1e-5)
   np.testing.assert_allclose(got["stem"], 144 * 9 * 1 * p["stem"].sum(), rtol=1e-5)
+
+
+def test_cifar_resnet_without_block_output_gates_gates_the_stem_and_each_conv1():
+  model, shape = CASES["cifar_resnet_conv1"]
+  v = model.init(KEYS, jnp.zeros(shape), deterministic=True)
+  assert sorted(density.gated_layers(v["params"])) == [
+      "stage1_block1/conv1", "stage2_block1/conv1", "stage3_block1/conv1", "stem"]
+  # conv2 is the same conv + BN without gates: the all-gates model with the same
+  # weights and every conv2 gate fully open computes the same function.
+  full, _ = CASES["cifar_resnet"]
+  fv = full.init(KEYS, jnp.zeros(shape), deterministic=True)
+  flat, sub = purge._path_dict(fv["params"]), purge._path_dict(v["params"])
+  for path in flat:
+    if path.endswith("conv2/log_alpha"):
+      flat[path] = jnp.full_like(flat[path], 30.0)
+    else:
+      flat[path] = sub[path]
+  x = jax.random.normal(jax.random.key(7), shape)
+  np.testing.assert_allclose(
+      full.apply({"params": purge._nest(flat), "batch_stats": v["batch_stats"]}, x,
+                 deterministic=True),
+      model.apply(v, x, deterministic=True), atol=1e-5, rtol=1e-5)

@@ -22,19 +22,22 @@ class BasicBlock(GatedModel):
 
   ``shortcut``: ``"conv"`` (1x1 conv + BN where the shape changes, ImageNet ResNets)
   or ``"pad"`` (option A of He et al. for CIFAR: subsample and zero-pad the channels,
-  parameter-free).
+  parameter-free). ``gate_conv2=False`` leaves conv2 (whose output joins the residual
+  sum) ungated: only conv1's channels are gated.
   """
   features: int = 64
   stride: int = 1
   shortcut: str = "conv"
   droprate: float = 0.5
+  gate_conv2: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
     h = self.apply_layer(
         self.conv_bn(self.features, (3, 3), self.droprate, "conv1", strides=self.stride),
         x, deterministic, post=nn.relu)
-    h = self.apply_layer(self.conv_bn(self.features, (3, 3), self.droprate, "conv2"),
+    h = self.apply_layer(self.conv_bn(self.features, (3, 3), self.droprate, "conv2",
+                                      gated=self.gated and self.gate_conv2),
                          h, deterministic)
     h = self.restore_width(h, "conv2", self.features)
     return nn.relu(h + _shortcut(self, x, self.features, self.stride, self.shortcut,
@@ -131,12 +134,15 @@ class CifarResNet(GatedModel):
   stages of n basic blocks (16, 32, 64 channels) -> global average pool -> dense``
   with parameter-free shortcuts (option A). Every convolution is gated on its output
   channels, the stem included (``stem``, ``stage{s}_block{b}/conv{1,2}``; 19 gated
-  layers in ResNet-20, 55 in ResNet-56).
+  layers in ResNet-20, 55 in ResNet-56); with ``gate_block_outputs=False`` only the
+  stem and each block's conv1 (10 in ResNet-20, 28 in ResNet-56: the layers Dep-L0's
+  reference code gates), the block outputs that join the residual sums stay dense.
   """
   depth: int = 20
   num_classes: int = 10
   width_scale: float = 1.0
   droprate: float = 0.5
+  gate_block_outputs: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
@@ -152,6 +158,7 @@ class CifarResNet(GatedModel):
       for b in range(n):
         x = BasicBlock(features=width, stride=2 if s > 0 and b == 0 else 1,
                        shortcut="pad", droprate=self.droprate,
+                       gate_conv2=self.gate_block_outputs,
                        name=f"stage{s + 1}_block{b + 1}", **self.shared())(x, deterministic)
     x = jnp.mean(x, axis=(1, 2))
     return self.dense(self.num_classes, self.droprate, "classifier", gated=False)(x)
