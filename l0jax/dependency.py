@@ -22,6 +22,11 @@ the spread that makes, with ``kernel_scale=0``, the generated log_alphas distrib
 as the independent gates' initial ``logit(1 - droprate_init) + N(0, 0.01^2)``
 (:func:`l0jax.gates.init_log_alpha`, to first order).
 
+Checked against the authors' code (leo-yangli/dep-l0, ``models/vgg.py`` and
+``models/resnet.py``): the same chain of bare linear maps on a vector of ones, the same
+bound after every map, the backward chain's outputs reversed, biases ``N(3, 0.01^2)``;
+its kernels keep PyTorch's uniform init, of the variance the normal init here has.
+
 The model is unchanged: :func:`with_generated_log_alphas` writes the generated
 log_alphas into the ``log_alpha`` leaves of its params pytree, so ``model.apply``,
 :mod:`l0jax.density`, constraints, test-time gates and :mod:`l0jax.purge` all work on
