@@ -7,8 +7,7 @@ Fashion-MNIST at model-wise 50% (configs/fashion_mnist_resnet20.py, 6 epochs).
 The Dep-L0 arms take the paper's ResNet-56 generator settings (constant input of 16
 forward / 64 backward, Adam lr 1e-3, biases N(3, 0.01^2)); everything else, the
 constraint and its dual lr included, is the config's, as for the independent arm. One
-run takes about 10 minutes on this 2-core CPU when it is quiet (30-40 shared); the seed
-lists hold what has run so far (add seeds to run more).
+run takes about 10 minutes on this 2-core CPU when it is quiet (15-40 shared).
 """
 
 CONFIG = "configs/fashion_mnist_resnet20.py"
