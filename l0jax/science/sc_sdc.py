@@ -24,8 +24,11 @@ plain dense layers share the ``lecun_normal`` kernel initialiser (unless
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Dict, NamedTuple, Sequence, Tuple
+
+import numpy as np
 
 from l0jax import density
 from l0jax.errors import UserError
@@ -129,8 +132,6 @@ def _log_error(targets, widths) -> float:
 
 def _balanced_widths(targets, chain_widths):
   """:func:`dense_twin`'s balanced widths (``chain_widths`` is one candidate)."""
-  import itertools  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   n_hidden, first, last = len(targets) - 1, chain_widths[0], chain_widths[-1]
   # Layer l: y_{l-1} + y_l = log A_l, with y_0 = log in and y_L = log out fixed.
   system = np.zeros((len(targets), n_hidden))
@@ -148,6 +149,7 @@ def _balanced_widths(targets, chain_widths):
   if n_hidden <= 10:  # 2^10 roundings at most
     candidates += [[first, *c, last] for c in itertools.product(*choices)]
   best = min(candidates, key=lambda w: _log_error(targets, w))
+  best_error = _log_error(targets, best)
   improved = True
   while improved:  # one unit at a time, to a local minimum over the integers
     improved = False
@@ -155,8 +157,11 @@ def _balanced_widths(targets, chain_widths):
       for step in (-1, 1):
         trial = list(best)
         trial[i] += step
-        if trial[i] >= 1 and _log_error(targets, trial) < _log_error(targets, best):
-          best, improved = trial, True
+        if trial[i] < 1:
+          continue
+        error = _log_error(targets, trial)
+        if error < best_error:
+          best, best_error, improved = trial, error, True
   return best
 
 
